@@ -1,3 +1,104 @@
-//! Switchboard: receives Udesk call-trigger notifications, matches them against Rhai rules and
-//! runs the actions they ask for.
+//! Switchboard receives Udesk call-trigger notifications, stores each durably, matches it against
+//! hot-reloaded Rhai rules and runs the actions they ask for.
+//!
+//! # Layout
+//! The store is the spine: each stage reads its input from it and commits its output to it.
+//!
+//! ```text
+//! POST /v1/notifications ─▶ api::intake ─▶ committer (group commit) ─▶ store ─▶ 202
+//!                                                                        │
+//!                                      processor (claims unprocessed) ◀──┘
+//! ```
+//!
+//! - [`event`]: PURE. The typed, leniently decoded notification (`CallEvent`), outcomes, warnings.
+//! - [`config`]: the one `Config`, from defaults, file, environment and flags.
+//! - [`store`]: the `Store` trait and its SQLite backend.
+//! - [`committer`]: group commit of accepted notifications.
+//! - [`processor`]: claims accepted events from the store and processes them.
+//! - [`api`]: the HTTP surface (`router(state)`), auth, errors.
+
+pub mod api;
+pub mod committer;
+pub mod config;
 pub mod event;
+pub mod processor;
+pub mod store;
+
+use config::Config;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the service on `listener` until `shutdown` resolves; then stops accepting, finishes
+/// in-flight requests, commits what they queued, lets the processor finish its batch, and closes
+/// the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = store::open(config.database_url.expose()).await?;
+    tracing::info!(
+        database = %store::redact_url(config.database_url.expose()),
+        "store ready"
+    );
+    let committed = Arc::new(Notify::new());
+    let (committer, commit_task) =
+        committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
+    let stop_processing = CancellationToken::new();
+    let processor_task = tokio::spawn(processor::run(
+        store.clone(),
+        committed,
+        processor::ProcessorConfig {
+            owner: processor::owner_id(),
+            batch: 64,
+            lease: config.processing_lease,
+            poll: config.processing_poll,
+        },
+        stop_processing.clone(),
+    ));
+
+    if config.ingest_tokens.is_empty() {
+        tracing::warn!(
+            "no ingest token configured: intake is open to anyone who can reach {}",
+            config.listen
+        );
+    }
+    if config.admin_token.is_none() {
+        tracing::warn!(
+            "no admin token configured: the admin API is open to anyone who can reach {}",
+            config.listen
+        );
+    }
+    let state = api::AppState {
+        store: store.clone(),
+        committer,
+        ingest_tokens: api::TokenSet::new(&config.ingest_tokens),
+        admin_tokens: api::TokenSet::new(config.admin_token.as_slice()),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("stopped accepting requests; draining");
+    // Every request (and so every committer handle) is gone: the commit task drains and ends.
+    let _ = commit_task.await;
+    stop_processing.cancel();
+    let _ = processor_task.await;
+    store.close().await;
+    tracing::info!("store closed");
+    Ok(served?)
+}

@@ -1,0 +1,88 @@
+//! Group commit for accepted notifications: requests queue their event, one task commits
+//! whatever has queued up in one transaction, then answers every request of the batch. Under load
+//! batches grow by themselves, so the store does one fsync for many notifications.
+
+use crate::store::{Inserted, NewEvent, Store, StoreError};
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Why an event could not be committed. Either way nothing was stored and the sender may retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("the service is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+struct Pending {
+    event: NewEvent,
+    reply: oneshot::Sender<Result<Inserted, CommitError>>,
+}
+
+/// The handle requests use to commit an event. Cheap to clone; the commit task ends once every
+/// handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts the commit task. `committed` is notified after each batch that stored a new event.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        committed: Arc<Notify>,
+        max_batch: usize,
+    ) -> (Committer, JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(max_batch.max(1) * 4);
+        let task = tokio::spawn(commit_loop(store, committed, rx, max_batch.max(1)));
+        (Committer { queue }, task)
+    }
+
+    /// Queues an event and waits until it is durably committed (or found to be a duplicate).
+    pub async fn commit(&self, event: NewEvent) -> Result<Inserted, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { event, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?
+    }
+}
+
+async fn commit_loop(
+    store: Arc<dyn Store>,
+    committed: Arc<Notify>,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+) {
+    let mut events = Vec::with_capacity(max_batch);
+    let mut replies = Vec::with_capacity(max_batch);
+    let mut buffer = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut buffer, max_batch).await > 0 {
+        for Pending { event, reply } in buffer.drain(..) {
+            events.push(event);
+            replies.push(reply);
+        }
+        match store.insert_events(&events).await {
+            Ok(results) => {
+                if results.iter().any(|r| !r.duplicate) {
+                    committed.notify_one();
+                }
+                for (reply, result) in replies.drain(..).zip(results) {
+                    // The request may have gone away (client hung up); the event is stored anyway.
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, batch = events.len(), "committing notifications failed");
+                let error = CommitError::Store(Arc::new(error));
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+        events.clear();
+    }
+}

@@ -1,0 +1,409 @@
+//! Service configuration: one [`Config`], built from defaults, then a TOML file (`--config`), then
+//! environment variables (`SWITCHBOARD_*`), then command-line flags, and validated once.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default listen address: loopback only, so a fresh `serve` exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_RULES_DIR: &str = "./rules";
+pub const DEFAULT_DATABASE: &str = "sqlite://./data/switchboard.db";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A secret value (token, password). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is compared or sent, never where it is logged.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `switchboard serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Directory of `.rhai` rule files (watched for changes).
+    pub rules_dir: PathBuf,
+    /// `sqlite://PATH` (embedded, the default) or `postgres://…` (shared by several instances).
+    pub database_url: Secret,
+    /// Tokens accepted on `POST /v1/notifications`; several at once allow rotation. Empty means
+    /// intake is open, which is only allowed on a loopback listen address.
+    pub ingest_tokens: Vec<Secret>,
+    /// Token for the admin API. `None` means the admin API is open, only allowed on loopback.
+    pub admin_token: Option<Secret>,
+    /// Largest accepted request body; larger pushes get 413.
+    pub max_body_bytes: usize,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Most notifications committed in one transaction (group commit).
+    pub commit_batch_max: usize,
+    /// How long a processor holds claimed events before another may take them over.
+    pub processing_lease: Duration,
+    /// How often processors look for work when nothing wakes them (other instances' events).
+    pub processing_poll: Duration,
+}
+
+impl Config {
+    /// The configuration with every default and the given database and rules.
+    pub fn with_defaults() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
+            database_url: Secret::new(DEFAULT_DATABASE),
+            ingest_tokens: Vec::new(),
+            admin_token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            log_format: LogFormat::Text,
+            commit_batch_max: 512,
+            processing_lease: Duration::from_secs(30),
+            processing_poll: Duration::from_secs(1),
+        }
+    }
+
+    /// Builds the configuration: defaults, then `file` (if any), then `args` (flags and their
+    /// `SWITCHBOARD_*` environment variables), then validates it.
+    pub fn load(args: &ServeArgs, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file_config = match file {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Config::with_defaults();
+        file_config.apply(&mut config)?;
+        args.apply(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks rules that no single field can: tokens are required off loopback.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let open_to_network = !self.listen.ip().is_loopback();
+        if open_to_network && self.ingest_tokens.is_empty() {
+            return Err(ConfigError::invalid(
+                "ingest_token",
+                format!(
+                    "listening on {} (not loopback) requires an ingest token: set SWITCHBOARD_INGEST_TOKEN or --ingest-token-file",
+                    self.listen
+                ),
+            ));
+        }
+        if open_to_network && self.admin_token.is_none() {
+            return Err(ConfigError::invalid(
+                "admin_token",
+                format!(
+                    "listening on {} (not loopback) requires an admin token: set SWITCHBOARD_ADMIN_TOKEN or --admin-token-file",
+                    self.listen
+                ),
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid("max_body_bytes", "must be at least 1"));
+        }
+        if self.commit_batch_max == 0 {
+            return Err(ConfigError::invalid(
+                "commit_batch_max",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the configuration could not be built. Each names the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(setting: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting,
+            message: message.into(),
+        }
+    }
+}
+
+/// Flags of `switchboard serve`; each can also be set by the environment variable named.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "SWITCHBOARD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of .rhai rule files [default: ./rules]
+    #[arg(long, env = "SWITCHBOARD_RULES", value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://… [default: sqlite://./data/switchboard.db]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database: Option<String>,
+    /// Ingest token(s), comma-separated; prefer the environment variable or a file over the flag
+    #[arg(
+        long,
+        env = "SWITCHBOARD_INGEST_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "TOKEN[,TOKEN…]"
+    )]
+    pub ingest_token: Vec<String>,
+    /// File holding the ingest token(s), comma- or newline-separated
+    #[arg(long, env = "SWITCHBOARD_INGEST_TOKEN_FILE", value_name = "PATH")]
+    pub ingest_token_file: Option<PathBuf>,
+    /// Admin API token; prefer the environment variable or a file over the flag
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+    /// File holding the admin token
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Largest accepted notification body in bytes [default: 262144]
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log format [default: text]
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    fn apply(&self, config: &mut Config) -> Result<(), ConfigError> {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(rules) = &self.rules {
+            config.rules_dir = rules.clone();
+        }
+        if let Some(database) = &self.database {
+            config.database_url = Secret::new(database.clone());
+        }
+        if !self.ingest_token.is_empty() {
+            config.ingest_tokens = parse_tokens(&self.ingest_token.join(","));
+        } else if let Some(path) = &self.ingest_token_file {
+            config.ingest_tokens = parse_tokens(&read_secret_file(path)?);
+        }
+        if let Some(token) = &self.admin_token {
+            config.admin_token = Some(Secret::new(token.trim()));
+        } else if let Some(path) = &self.admin_token_file {
+            config.admin_token = Some(Secret::new(read_secret_file(path)?.trim()));
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            config.max_body_bytes = bytes;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        Ok(())
+    }
+}
+
+/// The TOML configuration file. Every key is optional; unknown keys are errors (a typo must not
+/// silently fall back to a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    rules: Option<PathBuf>,
+    database: Option<String>,
+    /// One token, several comma-separated, or a list.
+    ingest_token: Option<OneOrMany>,
+    ingest_token_file: Option<PathBuf>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    log_format: Option<LogFormat>,
+    commit_batch_max: Option<usize>,
+    processing_lease_secs: Option<u64>,
+    processing_poll_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FileConfig {
+    fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply(self, config: &mut Config) -> Result<(), ConfigError> {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(rules) = self.rules {
+            config.rules_dir = rules;
+        }
+        if let Some(database) = self.database {
+            config.database_url = Secret::new(database);
+        }
+        match (self.ingest_token, self.ingest_token_file) {
+            (Some(OneOrMany::One(tokens)), _) => config.ingest_tokens = parse_tokens(&tokens),
+            (Some(OneOrMany::Many(tokens)), _) => {
+                config.ingest_tokens = parse_tokens(&tokens.join(","))
+            }
+            (None, Some(path)) => config.ingest_tokens = parse_tokens(&read_secret_file(&path)?),
+            (None, None) => {}
+        }
+        match (self.admin_token, self.admin_token_file) {
+            (Some(token), _) => config.admin_token = Some(Secret::new(token.trim())),
+            (None, Some(path)) => {
+                config.admin_token = Some(Secret::new(read_secret_file(&path)?.trim()))
+            }
+            (None, None) => {}
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            config.max_body_bytes = bytes;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        if let Some(batch) = self.commit_batch_max {
+            config.commit_batch_max = batch;
+        }
+        if let Some(secs) = self.processing_lease_secs {
+            config.processing_lease = Duration::from_secs(secs);
+        }
+        if let Some(ms) = self.processing_poll_ms {
+            config.processing_poll = Duration::from_millis(ms);
+        }
+        Ok(())
+    }
+}
+
+/// Splits a token list on commas and newlines, dropping blanks.
+fn parse_tokens(text: &str) -> Vec<Secret> {
+    text.split([',', '\n'])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .collect()
+}
+
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let f = file_with(
+            "listen = \"127.0.0.1:9000\"\nrules = \"/etc/rules\"\ningest_token = [\"a\", \"b\"]\n",
+        );
+        let args = ServeArgs {
+            rules: Some("/srv/rules".into()),
+            ..Default::default()
+        };
+        let config = Config::load(&args, Some(f.path())).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.rules_dir, PathBuf::from("/srv/rules"));
+        assert_eq!(
+            config.ingest_tokens,
+            vec![Secret::new("a"), Secret::new("b")]
+        );
+        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_place() {
+        let f = file_with("listen = \"127.0.0.1:9000\"\nlisten_addr = 1\n");
+        let err = Config::load(&ServeArgs::default(), Some(f.path())).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("listen_addr"), "{message}");
+    }
+
+    #[test]
+    fn network_listen_requires_tokens() {
+        let args = ServeArgs {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::load(&args, None).unwrap_err();
+        assert!(err.to_string().contains("ingest token"), "{err}");
+        let args = ServeArgs {
+            ingest_token: vec!["t1".into()],
+            admin_token: Some("adm".into()),
+            ..args
+        };
+        assert!(Config::load(&args, None).is_ok());
+    }
+
+    #[test]
+    fn token_files_and_secret_debug() {
+        let f = file_with("tok-1\ntok-2\n");
+        let args = ServeArgs {
+            ingest_token_file: Some(f.path().to_path_buf()),
+            ..Default::default()
+        };
+        let config = Config::load(&args, None).unwrap();
+        assert_eq!(config.ingest_tokens.len(), 2);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("tok-1"), "{debug}");
+    }
+}

@@ -1,0 +1,81 @@
+//! Processing of accepted events, decoupled from intake: processors claim unprocessed events from
+//! the store under a lease, handle them, and record the result. Events accepted before a crash are
+//! claimed after restart, and an expired lease lets another processor (or instance) take over.
+
+use crate::store::{Lease, Store, StoredEvent, now_millis};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How a processor claims work.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Identifies this processor in leases; unique per process.
+    pub owner: String,
+    /// Most events claimed at once.
+    pub batch: u32,
+    /// How long claimed events stay ours.
+    pub lease: Duration,
+    /// How often to look for work without a wake-up (events from other instances).
+    pub poll: Duration,
+}
+
+/// Runs until `shutdown` is cancelled, finishing the batch in hand first.
+pub async fn run(
+    store: Arc<dyn Store>,
+    wake: Arc<Notify>,
+    config: ProcessorConfig,
+    shutdown: CancellationToken,
+) {
+    let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
+    while !shutdown.is_cancelled() {
+        let now = now_millis();
+        let lease = Lease {
+            owner: config.owner.clone(),
+            now,
+            until: now.saturating_add(lease_ms),
+        };
+        match store.claim_events(&lease, config.batch).await {
+            Ok(events) if !events.is_empty() => {
+                for event in &events {
+                    process(store.as_ref(), &config.owner, event).await;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "claiming events failed; will retry"),
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(config.poll) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Handles one claimed event. This is the seam where rule evaluation plugs in: evaluate, then
+/// record the evaluation (and the jobs it asks for) in the same transaction that finishes it.
+async fn process(store: &dyn Store, owner: &str, event: &StoredEvent) {
+    match store.finish_event(event.id, owner, now_millis()).await {
+        Ok(true) => tracing::debug!(event = event.id, "event processed"),
+        Ok(false) => {
+            tracing::warn!(
+                event = event.id,
+                "lease lost before finishing; another processor has it"
+            )
+        }
+        Err(error) => {
+            tracing::error!(event = event.id, %error, "recording processing failed; will retry after the lease")
+        }
+    }
+}
+
+/// A processor id unique to this process: pid and start time.
+pub fn owner_id() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("pid{}-{started:x}", std::process::id())
+}

@@ -1,0 +1,208 @@
+//! The store interface: everything Switchboard keeps (events, processing state) goes through the
+//! [`Store`] trait, so that the embedded SQLite backend and a shared PostgreSQL backend are
+//! interchangeable. Times are unix milliseconds (UTC).
+
+mod row;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::event::{CallEvent, Warning};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The id of a stored event, assigned by the store.
+pub type EventId = i64;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// Errors from a store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (expected sqlite://… or postgres://…): {0}")]
+    UnsupportedUrl(String),
+    #[error("could not prepare the database location {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("stored data could not be read back ({what}): {message}")]
+    Corrupt { what: &'static str, message: String },
+}
+
+/// A notification accepted by the intake, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub dedupe_key: String,
+    pub received_at: Millis,
+    /// Peer address of the HTTP connection.
+    pub source_addr: Option<String>,
+    pub content_type: Option<String>,
+    /// The body exactly as received.
+    pub raw_body: Vec<u8>,
+    pub event: CallEvent,
+    pub warnings: Vec<Warning>,
+}
+
+/// What storing one [`NewEvent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Inserted {
+    pub id: EventId,
+    /// True when an event with the same dedupe key was already stored; `id` is that event's.
+    pub duplicate: bool,
+}
+
+/// Where an event stands in processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingState {
+    /// Accepted, waiting for a processor.
+    Pending,
+    /// Claimed by a processor holding a lease; after the lease expires another may claim it.
+    Processing,
+    /// Done: its evaluation is recorded.
+    Processed,
+}
+
+impl ProcessingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessingState::Pending => "pending",
+            ProcessingState::Processing => "processing",
+            ProcessingState::Processed => "processed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(ProcessingState::Pending),
+            "processing" => Some(ProcessingState::Processing),
+            "processed" => Some(ProcessingState::Processed),
+            _ => None,
+        }
+    }
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub dedupe_key: String,
+    pub received_at: Millis,
+    pub source_addr: Option<String>,
+    pub content_type: Option<String>,
+    #[serde(skip)]
+    pub raw_body: Vec<u8>,
+    pub event: CallEvent,
+    pub warnings: Vec<Warning>,
+    pub state: ProcessingState,
+    /// How many times a processor claimed it.
+    pub attempts: i64,
+    pub processed_at: Option<Millis>,
+    pub last_error: Option<String>,
+}
+
+/// Filters for listing events, newest first. All given filters must hold.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub call_id: Option<String>,
+    pub customer_phone: Option<String>,
+    /// Received at or after.
+    pub since: Option<Millis>,
+    /// Received before.
+    pub until: Option<Millis>,
+    /// Only ids below this one (the cursor for the next page).
+    pub before_id: Option<EventId>,
+    pub limit: u32,
+}
+
+/// A processor's claim on events: who holds it and until when.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub owner: String,
+    pub now: Millis,
+    pub until: Millis,
+}
+
+/// The store interface. Every method is one transaction: a batch is committed whole or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch of accepted events in one transaction, durably (the call returns after the
+    /// commit reached disk). Events whose dedupe key is already stored (or repeated within the
+    /// batch) are not stored again: their entry names the existing id with `duplicate: true`.
+    async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError>;
+
+    /// One event by id.
+    async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Events matching the query, newest (highest id) first.
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Claims up to `limit` events that are pending, or whose previous lease has expired, oldest
+    /// first, and leases them to `lease.owner` until `lease.until`.
+    async fn claim_events(&self, lease: &Lease, limit: u32)
+    -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Marks a claimed event processed. Returns false (and changes nothing) when `owner` no longer
+    /// holds the lease, e.g. because it expired and another processor claimed the event.
+    async fn finish_event(&self, id: EventId, owner: &str, now: Millis)
+    -> Result<bool, StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Waits for in-flight work and closes the connections (SQLite: checkpoints the WAL).
+    async fn close(&self);
+}
+
+/// Opens (creating and migrating as needed) the store a database URL names.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A database URL with any password replaced, safe to log.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The current time in unix milliseconds.
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://sb:s3cret@db:5432/sb?sslmode=require"),
+            "postgres://sb:***@db:5432/sb?sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+}
