@@ -435,7 +435,7 @@ pub fn parse_time(s: &str) -> Option<Timestamp> {
 
 fn whole_f64_to_i64(f: f64) -> Option<i64> {
     // i64::MAX is not exactly representable; stay strictly inside the range.
-    (f.is_finite() && f.fract() == 0.0 && f >= -9.2e18 && f <= 9.2e18).then_some(f as i64)
+    (f.is_finite() && f.fract() == 0.0 && (-9.2e18..=9.2e18).contains(&f)).then_some(f as i64)
 }
 
 #[cfg(test)]
