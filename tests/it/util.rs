@@ -1,0 +1,255 @@
+//! Shared test helpers: an in-process service on a loopback port with a temp database, the real
+//! binary as a child process, and the sample payloads.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard::config::{Config, Secret};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const INGEST_TOKEN: &str = "test-ingest-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The sample bodies shipped in `examples/payloads/`, by file name.
+pub fn samples() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/payloads");
+    let mut samples: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    samples.sort();
+    samples
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/payloads")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// A sample with `conversation_id` replaced, so that each copy is a distinct notification.
+pub fn sample_with_id(name: &str, conversation_id: u64) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(&sample(name)).unwrap();
+    value["conversation_id"] = conversation_id.into();
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The service running in this test process on a free loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), switchboard::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with test defaults (temp SQLite database, tokens set), adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_defaults();
+        config.database_url =
+            Secret::new(format!("sqlite://{}", dir.path().join("sb.db").display()));
+        config.rules_dir = dir.path().join("rules");
+        config.ingest_tokens = vec![Secret::new(INGEST_TOKEN)];
+        config.admin_token = Some(Secret::new(ADMIN_TOKEN));
+        config.processing_poll = Duration::from_millis(50);
+        adjust(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    async fn start_in(dir: TempDir, config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(switchboard::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let server = TestServer {
+            addr,
+            dir,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        };
+        eventually(
+            Duration::from_secs(10),
+            "the server to be ready",
+            || async {
+                let r = server.client.get(server.url("/readyz")).send().await.ok()?;
+                (r.status() == StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Posts a body with the ingest token as a bearer token.
+    pub async fn post(
+        &self,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.url("/v1/notifications"))
+            .bearer_auth(INGEST_TOKEN)
+            .body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        json_response(request.send().await.unwrap()).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        json_response(response).await
+    }
+
+    /// Stops the service gracefully and returns its temp dir (database included).
+    pub async fn stop(mut self) -> TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+pub async fn json_response(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// The real `switchboard` binary as a child process.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Binary {
+    /// Starts `switchboard serve` on a free port with the given database and config file, and
+    /// waits for its "listening on" line.
+    pub fn start(dir: &Path, extra_args: &[&str]) -> Binary {
+        let log = dir.join(format!("server-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args([
+                "--database",
+                &format!("sqlite://{}", dir.join("sb.db").display()),
+            ])
+            .args(["--rules", &dir.join("rules").display().to_string()])
+            .args(extra_args)
+            .env("SWITCHBOARD_INGEST_TOKEN", INGEST_TOKEN)
+            .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("SWITCHBOARD_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log_file = log_file;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                use std::io::Write;
+                let _ = writeln!(log_file, "{line}");
+                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Binary {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
