@@ -63,9 +63,10 @@ pub async fn run(
         committed,
         processor::ProcessorConfig {
             owner: processor::owner_id(),
-            batch: 64,
+            batch: 256,
             lease: config.processing_lease,
             poll: config.processing_poll,
+            settle: std::time::Duration::from_millis(10),
         },
         stop_processing.clone(),
     ));

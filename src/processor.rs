@@ -19,6 +19,9 @@ pub struct ProcessorConfig {
     pub lease: Duration,
     /// How often to look for work without a wake-up (events from other instances).
     pub poll: Duration,
+    /// After a batch that was not full, wait this long before claiming again, so that under a
+    /// steady stream of notifications batches grow instead of one transaction per commit.
+    pub settle: Duration,
 }
 
 /// Runs until `shutdown` is cancelled, finishing the batch in hand first.
@@ -38,10 +41,14 @@ pub async fn run(
         };
         match store.claim_events(&lease, config.batch).await {
             Ok(events) if !events.is_empty() => {
-                for event in &events {
-                    process(store.as_ref(), &config.owner, event).await;
+                process(store.as_ref(), &config.owner, &events).await;
+                if events.len() == config.batch as usize {
+                    continue; // more is waiting
                 }
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(config.settle) => {}
+                    _ = shutdown.cancelled() => break,
+                }
             }
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "claiming events failed; will retry"),
@@ -54,19 +61,23 @@ pub async fn run(
     }
 }
 
-/// Handles one claimed event. This is the seam where rule evaluation plugs in: evaluate, then
-/// record the evaluation (and the jobs it asks for) in the same transaction that finishes it.
-async fn process(store: &dyn Store, owner: &str, event: &StoredEvent) {
-    match store.finish_event(event.id, owner, now_millis()).await {
-        Ok(true) => tracing::debug!(event = event.id, "event processed"),
-        Ok(false) => {
-            tracing::warn!(
-                event = event.id,
-                "lease lost before finishing; another processor has it"
-            )
+/// Handles a batch of claimed events. This is the seam where rule evaluation plugs in: evaluate
+/// each event, then record the evaluations (and the jobs they ask for) in the one transaction that
+/// finishes the batch.
+async fn process(store: &dyn Store, owner: &str, events: &[StoredEvent]) {
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    match store.finish_events(&ids, owner, now_millis()).await {
+        Ok(finished) => {
+            if finished.len() < ids.len() {
+                tracing::warn!(
+                    lost = ids.len() - finished.len(),
+                    "leases lost before finishing; another processor has those events"
+                );
+            }
+            tracing::debug!(events = finished.len(), "events processed");
         }
         Err(error) => {
-            tracing::error!(event = event.id, %error, "recording processing failed; will retry after the lease")
+            tracing::error!(%error, events = ids.len(), "recording processing failed; will retry after the lease")
         }
     }
 }

@@ -24,7 +24,6 @@ pub struct EventView {
     pub state: ProcessingState,
     pub attempts: i64,
     pub processed_at: Option<String>,
-    pub last_error: Option<String>,
     /// The decoded view.
     pub event: CallEvent,
     pub warnings: Vec<Warning>,
@@ -44,7 +43,6 @@ impl EventView {
             state: stored.state,
             attempts: stored.attempts,
             processed_at: stored.processed_at.map(rfc3339),
-            last_error: stored.last_error,
             event: stored.event,
             warnings: stored.warnings,
             raw_body: with_raw.then(|| String::from_utf8_lossy(&stored.raw_body).into_owned()),

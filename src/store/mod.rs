@@ -64,7 +64,8 @@ pub struct Inserted {
 pub enum ProcessingState {
     /// Accepted, waiting for a processor.
     Pending,
-    /// Claimed by a processor holding a lease; after the lease expires another may claim it.
+    /// Claimed by a processor under a lease (or left by one that died: once the lease expires
+    /// another processor claims it).
     Processing,
     /// Done: its evaluation is recorded.
     Processed,
@@ -105,7 +106,6 @@ pub struct StoredEvent {
     /// How many times a processor claimed it.
     pub attempts: i64,
     pub processed_at: Option<Millis>,
-    pub last_error: Option<String>,
 }
 
 /// Filters for listing events, newest first. All given filters must hold.
@@ -149,10 +149,15 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_events(&self, lease: &Lease, limit: u32)
     -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Marks a claimed event processed. Returns false (and changes nothing) when `owner` no longer
-    /// holds the lease, e.g. because it expired and another processor claimed the event.
-    async fn finish_event(&self, id: EventId, owner: &str, now: Millis)
-    -> Result<bool, StoreError>;
+    /// Marks claimed events processed, all in one transaction. Events that `owner` no longer
+    /// holds the lease on (it expired and another processor claimed them) are left alone; the
+    /// returned ids are the ones this call finished.
+    async fn finish_events(
+        &self,
+        ids: &[EventId],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<EventId>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

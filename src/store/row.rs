@@ -1,10 +1,16 @@
-//! The `events` row as both backends read and write it, and its conversion to [`StoredEvent`].
+//! The event row as both backends read it (an event joined with its queue and evaluation
+//! rows), and its conversion to [`StoredEvent`].
 
 use super::{Millis, NewEvent, ProcessingState, StoreError, StoredEvent};
 
-/// The columns every event query selects, in [`EventRow`]'s order.
-pub(super) const EVENT_COLUMNS: &str = "id, dedupe_key, received_at, source_addr, content_type, \
-     raw_body, decoded, warnings, state, attempts, processed_at, last_error";
+/// The select list and joins of every event query, in [`EventRow`]'s order. Callers append
+/// `WHERE …` clauses on `e.` columns.
+pub(super) const EVENT_SELECT: &str = "SELECT e.id, e.dedupe_key, e.received_at, e.source_addr, \
+     e.content_type, e.raw_body, e.decoded, e.warnings, q.lease_owner, \
+     COALESCE(v.attempts, q.attempts, 0) AS attempts, v.processed_at \
+     FROM events e \
+     LEFT JOIN event_queue q ON q.event_id = e.id \
+     LEFT JOIN evaluations v ON v.event_id = e.id";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct EventRow {
@@ -16,10 +22,9 @@ pub(super) struct EventRow {
     raw_body: Vec<u8>,
     decoded: String,
     warnings: String,
-    state: String,
+    lease_owner: Option<String>,
     attempts: i64,
     processed_at: Option<Millis>,
-    last_error: Option<String>,
 }
 
 /// The JSON text columns of a new event.
@@ -43,7 +48,15 @@ impl EventRow {
     }
 
     pub(super) fn into_stored(self) -> Result<StoredEvent, StoreError> {
-        let corrupt = |what: &'static str, message: String| StoreError::Corrupt { what, message };
+        let corrupt = |what: &'static str, e: serde_json::Error| StoreError::Corrupt {
+            what,
+            message: e.to_string(),
+        };
+        let state = match (self.processed_at, &self.lease_owner) {
+            (Some(_), _) => ProcessingState::Processed,
+            (None, Some(_)) => ProcessingState::Processing,
+            (None, None) => ProcessingState::Pending,
+        };
         Ok(StoredEvent {
             id: self.id,
             dedupe_key: self.dedupe_key,
@@ -51,15 +64,11 @@ impl EventRow {
             source_addr: self.source_addr,
             content_type: self.content_type,
             raw_body: self.raw_body,
-            event: serde_json::from_str(&self.decoded)
-                .map_err(|e| corrupt("decoded event", e.to_string()))?,
-            warnings: serde_json::from_str(&self.warnings)
-                .map_err(|e| corrupt("warnings", e.to_string()))?,
-            state: ProcessingState::parse(&self.state)
-                .ok_or_else(|| corrupt("state", self.state.clone()))?,
+            event: serde_json::from_str(&self.decoded).map_err(|e| corrupt("decoded event", e))?,
+            warnings: serde_json::from_str(&self.warnings).map_err(|e| corrupt("warnings", e))?,
+            state,
             attempts: self.attempts,
             processed_at: self.processed_at,
-            last_error: self.last_error,
         })
     }
 }

@@ -3,22 +3,29 @@
 
 use super::{
     EventId, EventQuery, Inserted, Lease, Millis, NewEvent, Store, StoreError, StoredEvent,
-    row::{EVENT_COLUMNS, EventRow},
+    row::{EVENT_SELECT, EventRow},
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Rows per multi-row statement: 10 parameters each stays far below SQLite's variable limit.
+const ROWS_PER_STATEMENT: usize = 256;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// The SQLite store. Cheap to share: it is a connection pool.
+/// The SQLite store. All writes go through one connection, so writers queue in the pool (fairly,
+/// without SQLite's sleeping busy handler) and each transaction runs without lock contention;
+/// reads use a separate pool and run concurrently with writes (WAL)..
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
 }
 
 impl SqliteStore {
@@ -38,93 +45,137 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for new in batch {
-            let row = EventRow::columns_of(new)?;
-            let inserted: Option<(EventId,)> = sqlx::query_as(
+        let columns = batch
+            .iter()
+            .map(EventRow::columns_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.writer.begin().await?;
+        // One multi-row statement per chunk: with sqlx every statement is a round trip to the
+        // connection's thread, so statements per batch, not rows, set the cost.
+        let mut inserted: HashMap<String, EventId> = HashMap::with_capacity(batch.len());
+        for (events, columns) in batch
+            .chunks(ROWS_PER_STATEMENT)
+            .zip(columns.chunks(ROWS_PER_STATEMENT))
+        {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO events (dedupe_key, received_at, source_addr, content_type, raw_body, \
-                 decoded, warnings, call_id, customer_phone, outcome) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-            )
-            .bind(&new.dedupe_key)
-            .bind(new.received_at)
-            .bind(&new.source_addr)
-            .bind(&new.content_type)
-            .bind(&new.raw_body)
-            .bind(&row.decoded)
-            .bind(&row.warnings)
-            .bind(&new.event.call_id)
-            .bind(&new.event.customer_phone)
-            .bind(new.event.outcome.map(|o| o.as_str()))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let result = match inserted {
-                Some((id,)) => Inserted {
-                    id,
-                    duplicate: false,
-                },
-                None => {
-                    let (id,): (EventId,) =
-                        sqlx::query_as("SELECT id FROM events WHERE dedupe_key = ?")
-                            .bind(&new.dedupe_key)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    Inserted {
-                        id,
-                        duplicate: true,
-                    }
-                }
-            };
-            results.push(result);
+                 decoded, warnings, call_id, customer_phone, outcome) ",
+            );
+            qb.push_values(events.iter().zip(columns), |mut row, (new, json)| {
+                row.push_bind(&new.dedupe_key)
+                    .push_bind(new.received_at)
+                    .push_bind(&new.source_addr)
+                    .push_bind(&new.content_type)
+                    .push_bind(&new.raw_body)
+                    .push_bind(&json.decoded)
+                    .push_bind(&json.warnings)
+                    .push_bind(&new.event.call_id)
+                    .push_bind(&new.event.customer_phone)
+                    .push_bind(new.event.outcome.map(|o| o.as_str()));
+            });
+            qb.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key");
+            let rows: Vec<(EventId, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            inserted.extend(rows.into_iter().map(|(id, key)| (key, id)));
+        }
+        // Keys already stored before this batch.
+        let mut existing: HashMap<String, EventId> = HashMap::new();
+        let missing: Vec<&str> = batch
+            .iter()
+            .map(|e| e.dedupe_key.as_str())
+            .filter(|k| !inserted.contains_key(*k))
+            .collect();
+        for keys in missing.chunks(ROWS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT id, dedupe_key FROM events WHERE dedupe_key IN (");
+            let mut list = qb.separated(", ");
+            for key in keys {
+                list.push_bind(*key);
+            }
+            qb.push(")");
+            let rows: Vec<(EventId, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            existing.extend(rows.into_iter().map(|(id, key)| (key, id)));
+        }
+        // New events join the processing queue in the same transaction.
+        let new_ids: Vec<EventId> = inserted.values().copied().collect();
+        for ids in new_ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO event_queue (event_id) ");
+            qb.push_values(ids, |mut row, id| {
+                row.push_bind(*id);
+            });
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(results)
+        batch
+            .iter()
+            .map(|new| {
+                // The first occurrence of a key inserted in this batch is new; repeats are not.
+                if let Some(id) = inserted.remove(&new.dedupe_key) {
+                    existing.insert(new.dedupe_key.clone(), id);
+                    return Ok(Inserted {
+                        id,
+                        duplicate: false,
+                    });
+                }
+                existing
+                    .get(&new.dedupe_key)
+                    .map(|&id| Inserted {
+                        id,
+                        duplicate: true,
+                    })
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "dedupe key",
+                        message: format!("{} neither inserted nor found", new.dedupe_key),
+                    })
+            })
+            .collect()
     }
 
     async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?");
+        let sql = format!("{EVENT_SELECT} WHERE e.id = ?");
         let row: Option<EventRow> = sqlx::query_as(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.map(EventRow::into_stored).transpose()
     }
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"));
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
         if let Some(call_id) = &query.call_id {
-            qb.push(" AND call_id = ").push_bind(call_id);
+            qb.push(" AND e.call_id = ").push_bind(call_id);
         }
         if let Some(phone) = &query.customer_phone {
-            qb.push(" AND customer_phone = ").push_bind(phone);
+            qb.push(" AND e.customer_phone = ").push_bind(phone);
         }
         if let Some(since) = query.since {
-            qb.push(" AND received_at >= ").push_bind(since);
+            qb.push(" AND e.received_at >= ").push_bind(since);
         }
         if let Some(until) = query.until {
-            qb.push(" AND received_at < ").push_bind(until);
+            qb.push(" AND e.received_at < ").push_bind(until);
         }
         if let Some(before) = query.before_id {
-            qb.push(" AND id < ").push_bind(before);
+            qb.push(" AND e.id < ").push_bind(before);
         }
-        qb.push(" ORDER BY id DESC LIMIT ")
+        qb.push(" ORDER BY e.id DESC LIMIT ")
             .push_bind(i64::from(query.limit));
-        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
@@ -133,54 +184,72 @@ impl Store for SqliteStore {
         lease: &Lease,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        // `state <> 'processed'` is spelled as in the partial index so SQLite uses it.
-        let sql = format!(
-            "UPDATE events SET state = 'processing', lease_owner = ?, lease_until = ?, \
-             attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM events WHERE state <> 'processed' \
-             AND (state = 'pending' OR lease_until < ?) ORDER BY id LIMIT ?) \
-             RETURNING {EVENT_COLUMNS}"
-        );
-        let rows: Vec<EventRow> = sqlx::query_as(&sql)
-            .bind(&lease.owner)
-            .bind(lease.until)
-            .bind(lease.now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut events = rows
-            .into_iter()
-            .map(EventRow::into_stored)
-            .collect::<Result<Vec<_>, _>>()?;
-        events.sort_by_key(|e| e.id);
-        Ok(events)
+        // Only the lease is written (a short write transaction); the rows are read afterwards
+        // on a reader connection, so the single writer is not held while they are fetched.
+        let claimed: Vec<(EventId,)> = sqlx::query_as(
+            "UPDATE event_queue SET lease_owner = ?, lease_until = ?, attempts = attempts + 1 \
+             WHERE event_id IN (SELECT event_id FROM event_queue WHERE lease_until < ? \
+             ORDER BY event_id LIMIT ?) RETURNING event_id",
+        )
+        .bind(&lease.owner)
+        .bind(lease.until)
+        .bind(lease.now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("{EVENT_SELECT} WHERE e.id IN ("));
+        let mut list = qb.separated(", ");
+        for (id,) in &claimed {
+            list.push_bind(*id);
+        }
+        qb.push(") ORDER BY e.id");
+        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+        rows.into_iter().map(EventRow::into_stored).collect()
     }
 
-    async fn finish_event(
+    async fn finish_events(
         &self,
-        id: EventId,
+        ids: &[EventId],
         owner: &str,
         now: Millis,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE events SET state = 'processed', processed_at = ?, lease_owner = NULL, \
-             lease_until = NULL, last_error = NULL \
-             WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    ) -> Result<Vec<EventId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin().await?;
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("DELETE FROM event_queue WHERE lease_owner = ");
+        qb.push_bind(owner).push(" AND event_id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(") RETURNING event_id, attempts");
+        let mut finished: Vec<(EventId, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+        finished.sort_unstable();
+        if !finished.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO evaluations (event_id, processed_at, attempts) ");
+            qb.push_values(&finished, |mut row, (id, attempts)| {
+                row.push_bind(*id).push_bind(now).push_bind(*attempts);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(finished.into_iter().map(|(id, _)| id).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
     }
 }

@@ -92,30 +92,20 @@ async fn leases_hand_events_to_one_processor_until_they_expire() {
         );
 
         // `a` finishes one, then dies; after its lease expires `c` takes the other two.
-        assert!(
-            store.finish_event(ids[0], "a", 10_100).await.unwrap(),
-            "{name}"
-        );
+        let finished = store.finish_events(&ids[..1], "a", 10_100).await.unwrap();
+        assert_eq!(finished, ids[..1], "{name}");
         let c = store.claim_events(&lease("c", 11_001), 10).await.unwrap();
-        assert_eq!(
-            c.iter().map(|e| e.id).collect::<Vec<_>>(),
-            ids[1..3],
-            "{name}"
-        );
+        let claimed: Vec<i64> = c.iter().map(|e| e.id).collect();
+        assert_eq!(claimed, ids[1..3], "{name}");
         assert_eq!(c[0].attempts, 2, "{name}");
-        // `a` comes back too late: its finish is refused, `c`'s goes through.
-        assert!(
-            !store.finish_event(ids[1], "a", 11_002).await.unwrap(),
-            "{name}"
-        );
-        assert!(
-            store.finish_event(ids[1], "c", 11_003).await.unwrap(),
-            "{name}"
-        );
-        assert!(
-            !store.finish_event(ids[1], "c", 11_004).await.unwrap(),
-            "finishing twice: {name}"
-        );
+        assert_eq!(c[0].state, ProcessingState::Processing, "{name}");
+        // `a` comes back too late: its finish is refused, `c`'s goes through, once.
+        let late = store.finish_events(&ids[1..3], "a", 11_002).await.unwrap();
+        assert!(late.is_empty(), "{name}");
+        let finished = store.finish_events(&ids[1..2], "c", 11_003).await.unwrap();
+        assert_eq!(finished, ids[1..2], "{name}");
+        let twice = store.finish_events(&ids[1..2], "c", 11_004).await.unwrap();
+        assert!(twice.is_empty(), "finishing twice: {name}");
         let done = store.get_event(ids[1]).await.unwrap().unwrap();
         assert_eq!(done.state, ProcessingState::Processed, "{name}");
         assert_eq!(done.processed_at, Some(11_003), "{name}");

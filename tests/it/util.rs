@@ -173,6 +173,8 @@ pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// Copies the child's stderr into `log`; done when the child's stderr closes.
+    log_copier: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Binary {
@@ -203,7 +205,7 @@ impl Binary {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let log_copier = std::thread::spawn(move || {
             let mut log_file = log_file;
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
@@ -229,6 +231,7 @@ impl Binary {
             child,
             addr: addr.parse().unwrap(),
             log,
+            log_copier: Some(log_copier),
         }
     }
 
@@ -239,7 +242,16 @@ impl Binary {
     /// SIGKILL: no shutdown code runs.
     pub fn kill_9(&mut self) {
         self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.wait();
+    }
+
+    /// Waits for the process to exit and for its last log lines to be copied.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        if let Some(copier) = self.log_copier.take() {
+            copier.join().unwrap();
+        }
+        status
     }
 
     pub fn log(&self) -> String {
