@@ -75,7 +75,8 @@ async fn main() {
         .map(|r| Duration::from_secs_f64(args.connections as f64 / r as f64));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.connections {
+    let connections = args.connections;
+    for conn in 0..args.connections {
         let (client, url, token, templates, next) = (
             client.clone(),
             url.clone(),
@@ -86,8 +87,11 @@ async fn main() {
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            // Stagger the connections over one interval, so the load is an even stream rather
+            // than synchronized bursts.
             let mut ticker = per_conn_interval.map(|i| {
-                let mut t = tokio::time::interval(i);
+                let offset = i.mul_f64(conn as f64 / connections as f64);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, i);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
