@@ -2,9 +2,12 @@
 //! [`Store`] trait, so that the embedded SQLite backend and a shared PostgreSQL backend are
 //! interchangeable. Times are unix milliseconds (UTC).
 
+mod postgres;
 mod row;
+mod sql;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::event::{CallEvent, Warning};
@@ -170,6 +173,8 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }

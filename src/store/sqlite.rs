@@ -4,6 +4,7 @@
 use super::{
     EventId, EventQuery, Inserted, Lease, Millis, NewEvent, Store, StoreError, StoredEvent,
     row::{EVENT_SELECT, EventRow},
+    sql,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -73,23 +74,7 @@ impl Store for SqliteStore {
             .chunks(ROWS_PER_STATEMENT)
             .zip(columns.chunks(ROWS_PER_STATEMENT))
         {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO events (dedupe_key, received_at, source_addr, content_type, raw_body, \
-                 decoded, warnings, call_id, customer_phone, outcome) ",
-            );
-            qb.push_values(events.iter().zip(columns), |mut row, (new, json)| {
-                row.push_bind(&new.dedupe_key)
-                    .push_bind(new.received_at)
-                    .push_bind(&new.source_addr)
-                    .push_bind(&new.content_type)
-                    .push_bind(&new.raw_body)
-                    .push_bind(&json.decoded)
-                    .push_bind(&json.warnings)
-                    .push_bind(&new.event.call_id)
-                    .push_bind(&new.event.customer_phone)
-                    .push_bind(new.event.outcome.map(|o| o.as_str()));
-            });
-            qb.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key");
+            let mut qb: QueryBuilder<Sqlite> = sql::insert_events(events, columns);
             let rows: Vec<(EventId, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             inserted.extend(rows.into_iter().map(|(id, key)| (key, id)));
         }
@@ -122,29 +107,7 @@ impl Store for SqliteStore {
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        batch
-            .iter()
-            .map(|new| {
-                // The first occurrence of a key inserted in this batch is new; repeats are not.
-                if let Some(id) = inserted.remove(&new.dedupe_key) {
-                    existing.insert(new.dedupe_key.clone(), id);
-                    return Ok(Inserted {
-                        id,
-                        duplicate: false,
-                    });
-                }
-                existing
-                    .get(&new.dedupe_key)
-                    .map(|&id| Inserted {
-                        id,
-                        duplicate: true,
-                    })
-                    .ok_or_else(|| StoreError::Corrupt {
-                        what: "dedupe key",
-                        message: format!("{} neither inserted nor found", new.dedupe_key),
-                    })
-            })
-            .collect()
+        sql::resolve_inserted(batch, inserted, existing)
     }
 
     async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
@@ -158,23 +121,7 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
-        if let Some(call_id) = &query.call_id {
-            qb.push(" AND e.call_id = ").push_bind(call_id);
-        }
-        if let Some(phone) = &query.customer_phone {
-            qb.push(" AND e.customer_phone = ").push_bind(phone);
-        }
-        if let Some(since) = query.since {
-            qb.push(" AND e.received_at >= ").push_bind(since);
-        }
-        if let Some(until) = query.until {
-            qb.push(" AND e.received_at < ").push_bind(until);
-        }
-        if let Some(before) = query.before_id {
-            qb.push(" AND e.id < ").push_bind(before);
-        }
-        qb.push(" ORDER BY e.id DESC LIMIT ")
-            .push_bind(i64::from(query.limit));
+        sql::push_event_filters(&mut qb, query);
         let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
         rows.into_iter().map(EventRow::into_stored).collect()
     }

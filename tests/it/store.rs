@@ -5,11 +5,19 @@ use std::sync::Arc;
 use switchboard::event::{decode, dedupe_key, parse_body};
 use switchboard::store::{self, EventQuery, Lease, NewEvent, ProcessingState, Store};
 
-/// Each backend under test, freshly created. (PostgreSQL joins this list when its backend lands.)
+/// Each backend under test, freshly created: a SQLite file, and a PostgreSQL database.
 async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    vec![("sqlite", store::open(&url).await.unwrap(), dir)]
+    let mut backends = vec![("sqlite", store::open(&url).await.unwrap(), dir)];
+    if let Some(url) = crate::util::postgres_database().await {
+        backends.push((
+            "postgres",
+            store::open(&url).await.unwrap(),
+            tempfile::tempdir().unwrap(),
+        ));
+    }
+    backends
 }
 
 fn new_event(body: serde_json::Value, received_at: i64) -> NewEvent {

@@ -14,6 +14,39 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A fresh, empty PostgreSQL database for one test, on the server `scripts/test` started (its
+/// URL, without database, is in `SWITCHBOARD_TEST_POSTGRES`). Without that variable the
+/// PostgreSQL cases are skipped with a note, except in CI, where they must run.
+pub async fn postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Ok(server) = std::env::var("SWITCHBOARD_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL tests: run them through scripts/test"
+        );
+        eprintln!(
+            "SWITCHBOARD_TEST_POSTGRES is not set: PostgreSQL cases skipped (scripts/test sets it)"
+        );
+        return None;
+    };
+    let server = server.trim_end_matches('/');
+    let name = format!(
+        "sb_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    Some(format!("{server}/{name}"))
+}
+
 pub const INGEST_TOKEN: &str = "test-ingest-token";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 

@@ -1,0 +1,174 @@
+//! The PostgreSQL backend, shared by several instances: uniqueness is enforced by the database,
+//! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
+
+use super::{
+    EventId, EventQuery, Inserted, Lease, Millis, NewEvent, Store, StoreError, StoredEvent,
+    row::{EVENT_SELECT, EventRow},
+    sql,
+};
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Rows per multi-row statement: 10 parameters each stays far below PostgreSQL's 65,535.
+const ROWS_PER_STATEMENT: usize = 1024;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The PostgreSQL store. Cheap to share: it is a connection pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `postgres://…` and applies migrations. Several instances starting at once are
+    /// safe: the migrator holds an advisory lock while it runs.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
+        let columns = batch
+            .iter()
+            .map(EventRow::columns_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        let mut inserted: HashMap<String, EventId> = HashMap::with_capacity(batch.len());
+        for (events, columns) in batch
+            .chunks(ROWS_PER_STATEMENT)
+            .zip(columns.chunks(ROWS_PER_STATEMENT))
+        {
+            // A key another instance is inserting right now makes this statement wait for that
+            // transaction; if it commits, the row is skipped here and found below.
+            let mut qb: QueryBuilder<Postgres> = sql::insert_events(events, columns);
+            let rows: Vec<(EventId, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            inserted.extend(rows.into_iter().map(|(id, key)| (key, id)));
+        }
+        let missing: Vec<String> = batch
+            .iter()
+            .filter(|e| !inserted.contains_key(&e.dedupe_key))
+            .map(|e| e.dedupe_key.clone())
+            .collect();
+        let existing: HashMap<String, EventId> = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            let rows: Vec<(EventId, String)> =
+                sqlx::query_as("SELECT id, dedupe_key FROM events WHERE dedupe_key = ANY($1)")
+                    .bind(&missing)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            rows.into_iter().map(|(id, key)| (key, id)).collect()
+        };
+        let new_ids: Vec<EventId> = inserted.values().copied().collect();
+        if !new_ids.is_empty() {
+            sqlx::query("INSERT INTO event_queue (event_id) SELECT * FROM UNNEST($1::BIGINT[])")
+                .bind(&new_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        sql::resolve_inserted(batch, inserted, existing)
+    }
+
+    async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("{EVENT_SELECT} WHERE e.id = $1");
+        let row: Option<EventRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(EventRow::into_stored).transpose()
+    }
+
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
+        sql::push_event_filters(&mut qb, query);
+        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter().map(EventRow::into_stored).collect()
+    }
+
+    async fn claim_events(
+        &self,
+        lease: &Lease,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // SKIP LOCKED: concurrent processors on other instances take disjoint rows.
+        let claimed: Vec<(EventId,)> = sqlx::query_as(
+            "UPDATE event_queue SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+             WHERE event_id IN (SELECT event_id FROM event_queue WHERE lease_until < $3 \
+             ORDER BY event_id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING event_id",
+        )
+        .bind(&lease.owner)
+        .bind(lease.until)
+        .bind(lease.now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<EventId> = claimed.into_iter().map(|(id,)| id).collect();
+        let sql = format!("{EVENT_SELECT} WHERE e.id = ANY($1) ORDER BY e.id");
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(EventRow::into_stored).collect()
+    }
+
+    async fn finish_events(
+        &self,
+        ids: &[EventId],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<EventId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut finished: Vec<(EventId, i64)> = sqlx::query_as(
+            "DELETE FROM event_queue WHERE lease_owner = $1 AND event_id = ANY($2) \
+             RETURNING event_id, attempts",
+        )
+        .bind(owner)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        finished.sort_unstable();
+        if !finished.is_empty() {
+            let (event_ids, attempts): (Vec<EventId>, Vec<i64>) = finished.iter().copied().unzip();
+            sqlx::query(
+                "INSERT INTO evaluations (event_id, processed_at, attempts) \
+                 SELECT id, $1, attempts FROM UNNEST($2::BIGINT[], $3::BIGINT[]) AS f(id, attempts)",
+            )
+            .bind(now)
+            .bind(&event_ids)
+            .bind(&attempts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(finished.into_iter().map(|(id, _)| id).collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
