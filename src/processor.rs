@@ -2,7 +2,7 @@
 //! the store under a lease, handle them, and record the result. Events accepted before a crash are
 //! claimed after restart, and an expired lease lets another processor (or instance) take over.
 
-use crate::store::{Lease, Store, StoredEvent, now_millis};
+use crate::store::{Finished, Lease, Store, StoredEvent, now_millis};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -65,19 +65,28 @@ pub async fn run(
 /// each event, then record the evaluations (and the jobs they ask for) in the one transaction that
 /// finishes the batch.
 async fn process(store: &dyn Store, owner: &str, events: &[StoredEvent]) {
-    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
-    match store.finish_events(&ids, owner, now_millis()).await {
+    let results: Vec<Finished> = events
+        .iter()
+        .map(|e| Finished {
+            event_id: e.id,
+            ruleset_version: String::new(),
+            record: serde_json::json!({}),
+            counter_hits: Vec::new(),
+            jobs: Vec::new(),
+        })
+        .collect();
+    match store.finish_events(&results, owner, now_millis()).await {
         Ok(finished) => {
-            if finished.len() < ids.len() {
+            if finished.len() < results.len() {
                 tracing::warn!(
-                    lost = ids.len() - finished.len(),
+                    lost = results.len() - finished.len(),
                     "leases lost before finishing; another processor has those events"
                 );
             }
             tracing::debug!(events = finished.len(), "events processed");
         }
         Err(error) => {
-            tracing::error!(%error, events = ids.len(), "recording processing failed; will retry after the lease")
+            tracing::error!(%error, events = results.len(), "recording processing failed; will retry after the lease")
         }
     }
 }

@@ -111,6 +111,61 @@ pub struct StoredEvent {
     pub processed_at: Option<Millis>,
 }
 
+/// The outcome of processing one claimed event, recorded in the transaction that finishes it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub event_id: EventId,
+    /// The version of the rule set the event was evaluated against.
+    pub ruleset_version: String,
+    /// The evaluation record (each rule's verdict, actions, errors, timing).
+    pub record: serde_json::Value,
+    /// Windowed-counter hits this evaluation made (keys counted at `at`).
+    pub counter_hits: Vec<(String, Millis)>,
+    /// The actions matching rules asked for.
+    pub jobs: Vec<NewJob>,
+}
+
+/// An action to execute, as a matching rule asked for it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub rule: String,
+    /// The action's position in the rule's list: with the event and rule, its identity.
+    pub action_index: u32,
+    pub kind: String,
+    /// The fully rendered action (JSON).
+    pub spec: serde_json::Value,
+}
+
+impl NewJob {
+    /// The key that makes this job exist once: event, action index and rule.
+    pub fn idempotency_key(&self, event_id: EventId) -> String {
+        format!("{event_id}:{}:{}", self.action_index, self.rule)
+    }
+}
+
+/// A processed event's evaluation as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvaluation {
+    pub processed_at: Millis,
+    pub attempts: i64,
+    pub ruleset_version: Option<String>,
+    pub record: Option<serde_json::Value>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredJob {
+    pub id: i64,
+    pub idempotency_key: String,
+    pub event_id: EventId,
+    pub rule: String,
+    pub action_index: i64,
+    pub kind: String,
+    pub spec: serde_json::Value,
+    pub status: String,
+    pub created_at: Millis,
+}
+
 /// Filters for listing events, newest first. All given filters must hold.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -152,15 +207,28 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_events(&self, lease: &Lease, limit: u32)
     -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Marks claimed events processed, all in one transaction. Events that `owner` no longer
-    /// holds the lease on (it expired and another processor claimed them) are left alone; the
-    /// returned ids are the ones this call finished.
+    /// Records processed events, all in one transaction: each one leaves the queue and gets its
+    /// evaluation, counter hits and jobs. Events that `owner` no longer holds the lease on (it
+    /// expired and another processor claimed them) are left alone, so that an event's jobs are
+    /// written once; the returned ids are the events this call finished.
     async fn finish_events(
         &self,
-        ids: &[EventId],
+        finished: &[Finished],
         owner: &str,
         now: Millis,
     ) -> Result<Vec<EventId>, StoreError>;
+
+    /// How many hits `key` has at or after `since` (committed ones only).
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError>;
+
+    /// The evaluation of a processed event.
+    async fn get_evaluation(
+        &self,
+        event_id: EventId,
+    ) -> Result<Option<StoredEvaluation>, StoreError>;
+
+    /// The jobs an event's evaluation produced, in order.
+    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -2,8 +2,9 @@
 //! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
 
 use super::{
-    EventId, EventQuery, Inserted, Lease, Millis, NewEvent, Store, StoreError, StoredEvent,
-    row::{EVENT_SELECT, EventRow},
+    EventId, EventQuery, Finished, Inserted, Lease, Millis, NewEvent, Store, StoreError,
+    StoredEvaluation, StoredEvent, StoredJob,
+    row::{EVALUATION_SELECT, EVENT_SELECT, EvaluationRow, EventRow, JOB_SELECT, JobRow},
     sql,
 };
 use async_trait::async_trait;
@@ -130,37 +131,42 @@ impl Store for PostgresStore {
 
     async fn finish_events(
         &self,
-        ids: &[EventId],
+        finished: &[Finished],
         owner: &str,
         now: Millis,
     ) -> Result<Vec<EventId>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut finished: Vec<(EventId, i64)> = sqlx::query_as(
-            "DELETE FROM event_queue WHERE lease_owner = $1 AND event_id = ANY($2) \
-             RETURNING event_id, attempts",
-        )
-        .bind(owner)
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        finished.sort_unstable();
-        if !finished.is_empty() {
-            let (event_ids, attempts): (Vec<EventId>, Vec<i64>) = finished.iter().copied().unzip();
-            sqlx::query(
-                "INSERT INTO evaluations (event_id, processed_at, attempts) \
-                 SELECT id, $1, attempts FROM UNNEST($2::BIGINT[], $3::BIGINT[]) AS f(id, attempts)",
-            )
-            .bind(now)
-            .bind(&event_ids)
-            .bind(&attempts)
-            .execute(&mut *tx)
+        sql::finish_events!(Postgres, self.pool, finished, owner, now)
+    }
+
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM counter_hits WHERE key = $1 AND at >= $2")
+                .bind(key)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn get_evaluation(
+        &self,
+        event_id: EventId,
+    ) -> Result<Option<StoredEvaluation>, StoreError> {
+        let sql = format!("{EVALUATION_SELECT} WHERE event_id = $1");
+        let row: Option<EvaluationRow> = sqlx::query_as(&sql)
+            .bind(event_id)
+            .fetch_optional(&self.pool)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(finished.into_iter().map(|(id, _)| id).collect())
+        row.map(EvaluationRow::into_stored).transpose()
+    }
+
+    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
+        let sql = format!("{JOB_SELECT} WHERE event_id = $1 ORDER BY id");
+        let rows: Vec<JobRow> = sqlx::query_as(&sql)
+            .bind(event_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(JobRow::into_stored).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

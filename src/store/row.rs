@@ -1,7 +1,9 @@
 //! The event row as both backends read it (an event joined with its queue and evaluation
 //! rows), and its conversion to [`StoredEvent`].
 
-use super::{Millis, NewEvent, ProcessingState, StoreError, StoredEvent};
+use super::{
+    Millis, NewEvent, ProcessingState, StoreError, StoredEvaluation, StoredEvent, StoredJob,
+};
 
 /// The select list and joins of every event query, in [`EventRow`]'s order. Callers append
 /// `WHERE …` clauses on `e.` columns.
@@ -69,6 +71,72 @@ impl EventRow {
             state,
             attempts: self.attempts,
             processed_at: self.processed_at,
+        })
+    }
+}
+
+/// The columns of an `evaluations` row.
+pub(super) const EVALUATION_SELECT: &str =
+    "SELECT processed_at, attempts, ruleset_version, record FROM evaluations";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EvaluationRow {
+    processed_at: Millis,
+    attempts: i64,
+    ruleset_version: Option<String>,
+    record: Option<String>,
+}
+
+impl EvaluationRow {
+    pub(super) fn into_stored(self) -> Result<StoredEvaluation, StoreError> {
+        Ok(StoredEvaluation {
+            processed_at: self.processed_at,
+            attempts: self.attempts,
+            ruleset_version: self.ruleset_version,
+            record: self
+                .record
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt {
+                    what: "evaluation record",
+                    message: e.to_string(),
+                })?,
+        })
+    }
+}
+
+/// The columns of a `jobs` row.
+pub(super) const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
+     kind, spec, status, created_at FROM jobs";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    id: i64,
+    idempotency_key: String,
+    event_id: i64,
+    rule: String,
+    action_index: i64,
+    kind: String,
+    spec: String,
+    status: String,
+    created_at: Millis,
+}
+
+impl JobRow {
+    pub(super) fn into_stored(self) -> Result<StoredJob, StoreError> {
+        Ok(StoredJob {
+            id: self.id,
+            idempotency_key: self.idempotency_key,
+            event_id: self.event_id,
+            rule: self.rule,
+            action_index: self.action_index,
+            kind: self.kind,
+            spec: serde_json::from_str(&self.spec).map_err(|e| StoreError::Corrupt {
+                what: "job spec",
+                message: e.to_string(),
+            })?,
+            status: self.status,
+            created_at: self.created_at,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! PostgreSQL, built with `QueryBuilder` (which writes each backend's placeholders).
 
 use super::row::JsonColumns;
-use super::{EventId, EventQuery, Inserted, NewEvent, StoreError};
+use super::{EventId, EventQuery, Finished, Inserted, Millis, NewEvent, StoreError};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 use std::collections::HashMap;
 
@@ -97,3 +97,159 @@ pub(super) fn resolve_inserted(
         })
         .collect()
 }
+
+/// The evaluation rows of the events in `held` (event id → claim attempts).
+pub(super) fn insert_evaluations<'a, DB>(
+    finished: &'a [&'a Finished],
+    records: &'a [String],
+    held: &'a HashMap<EventId, i64>,
+    now: Millis,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Database,
+    &'a String: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO evaluations (event_id, processed_at, attempts, ruleset_version, record) ",
+    );
+    qb.push_values(finished.iter().zip(records), |mut row, (f, record)| {
+        row.push_bind(f.event_id)
+            .push_bind(now)
+            .push_bind(held.get(&f.event_id).copied().unwrap_or(1))
+            .push_bind(&f.ruleset_version)
+            .push_bind(record);
+    });
+    qb
+}
+
+/// Counter hits of finished events; `None` when there are none.
+pub(super) fn insert_counter_hits<'a, DB>(
+    finished: &'a [&'a Finished],
+) -> Option<QueryBuilder<'a, DB>>
+where
+    DB: Database,
+    &'a String: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let hits: Vec<(&String, EventId, Millis)> = finished
+        .iter()
+        .flat_map(|f| {
+            f.counter_hits
+                .iter()
+                .map(|(key, at)| (key, f.event_id, *at))
+        })
+        .collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let mut qb = QueryBuilder::new("INSERT INTO counter_hits (key, event_id, at) ");
+    qb.push_values(hits, |mut row, (key, event_id, at)| {
+        row.push_bind(key).push_bind(event_id).push_bind(at);
+    });
+    qb.push(" ON CONFLICT DO NOTHING");
+    Some(qb)
+}
+
+/// Jobs of finished events, each once by its idempotency key; `None` when there are none.
+pub(super) fn insert_jobs<'a, DB>(
+    finished: &'a [&'a Finished],
+    now: Millis,
+) -> Result<Option<QueryBuilder<'a, DB>>, StoreError>
+where
+    DB: Database,
+    &'a String: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut jobs = Vec::new();
+    for f in finished {
+        for job in &f.jobs {
+            let spec = serde_json::to_string(&job.spec).map_err(|e| StoreError::Corrupt {
+                what: "job spec",
+                message: e.to_string(),
+            })?;
+            jobs.push((job.idempotency_key(f.event_id), f.event_id, job, spec));
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, created_at) ",
+    );
+    qb.push_values(jobs, |mut row, (key, event_id, job, spec)| {
+        row.push_bind(key)
+            .push_bind(event_id)
+            .push_bind(&job.rule)
+            .push_bind(i64::from(job.action_index))
+            .push_bind(&job.kind)
+            .push_bind(spec)
+            .push_bind(now);
+    });
+    qb.push(" ON CONFLICT (idempotency_key) DO NOTHING");
+    Ok(Some(qb))
+}
+
+/// The JSON text of each finished event's evaluation record.
+pub(super) fn record_texts(finished: &[&Finished]) -> Result<Vec<String>, StoreError> {
+    finished
+        .iter()
+        .map(|f| {
+            serde_json::to_string(&f.record).map_err(|e| StoreError::Corrupt {
+                what: "evaluation record",
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The body of `Store::finish_events`, the same for both backends (a macro because the
+/// transaction's executor types differ): remove the events `owner` still holds from the queue,
+/// then write their evaluations, counter hits and jobs, in one transaction.
+macro_rules! finish_events {
+    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr) => {{
+        let (finished, owner, now): (&[Finished], &str, Millis) = ($finished, $owner, $now);
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = $pool.begin().await?;
+        let mut qb: QueryBuilder<$db> =
+            QueryBuilder::new("DELETE FROM event_queue WHERE lease_owner = ");
+        qb.push_bind(owner).push(" AND event_id IN (");
+        let mut list = qb.separated(", ");
+        for f in finished {
+            list.push_bind(f.event_id);
+        }
+        qb.push(") RETURNING event_id, attempts");
+        let held: std::collections::HashMap<EventId, i64> = qb
+            .build_query_as::<(EventId, i64)>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let kept: Vec<&Finished> = finished
+            .iter()
+            .filter(|f| held.contains_key(&f.event_id))
+            .collect();
+        // Chunks keep every statement well inside the backends' parameter limits.
+        for chunk in kept.chunks(64) {
+            let records = sql::record_texts(chunk)?;
+            sql::insert_evaluations::<$db>(chunk, &records, &held, now)
+                .build()
+                .execute(&mut *tx)
+                .await?;
+            if let Some(mut qb) = sql::insert_counter_hits::<$db>(chunk) {
+                qb.build().execute(&mut *tx).await?;
+            }
+            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, now)? {
+                qb.build().execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        let mut ids: Vec<EventId> = kept.iter().map(|f| f.event_id).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }};
+}
+pub(super) use finish_events;

@@ -2,8 +2,9 @@
 //! commit is on disk before the call returns.
 
 use super::{
-    EventId, EventQuery, Inserted, Lease, Millis, NewEvent, Store, StoreError, StoredEvent,
-    row::{EVENT_SELECT, EventRow},
+    EventId, EventQuery, Finished, Inserted, Lease, Millis, NewEvent, Store, StoreError,
+    StoredEvaluation, StoredEvent, StoredJob,
+    row::{EVALUATION_SELECT, EVENT_SELECT, EvaluationRow, EventRow, JOB_SELECT, JobRow},
     sql,
 };
 use async_trait::async_trait;
@@ -160,34 +161,42 @@ impl Store for SqliteStore {
 
     async fn finish_events(
         &self,
-        ids: &[EventId],
+        finished: &[Finished],
         owner: &str,
         now: Millis,
     ) -> Result<Vec<EventId>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.writer.begin().await?;
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("DELETE FROM event_queue WHERE lease_owner = ");
-        qb.push_bind(owner).push(" AND event_id IN (");
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        qb.push(") RETURNING event_id, attempts");
-        let mut finished: Vec<(EventId, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-        finished.sort_unstable();
-        if !finished.is_empty() {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO evaluations (event_id, processed_at, attempts) ");
-            qb.push_values(&finished, |mut row, (id, attempts)| {
-                row.push_bind(*id).push_bind(now).push_bind(*attempts);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(finished.into_iter().map(|(id, _)| id).collect())
+        sql::finish_events!(Sqlite, self.writer, finished, owner, now)
+    }
+
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM counter_hits WHERE key = ? AND at >= ?")
+                .bind(key)
+                .bind(since)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn get_evaluation(
+        &self,
+        event_id: EventId,
+    ) -> Result<Option<StoredEvaluation>, StoreError> {
+        let sql = format!("{EVALUATION_SELECT} WHERE event_id = ?");
+        let row: Option<EvaluationRow> = sqlx::query_as(&sql)
+            .bind(event_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(EvaluationRow::into_stored).transpose()
+    }
+
+    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
+        let sql = format!("{JOB_SELECT} WHERE event_id = ? ORDER BY id");
+        let rows: Vec<JobRow> = sqlx::query_as(&sql)
+            .bind(event_id)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(JobRow::into_stored).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,7 +3,9 @@
 use serde_json::json;
 use std::sync::Arc;
 use switchboard::event::{decode, dedupe_key, parse_body};
-use switchboard::store::{self, EventQuery, Lease, NewEvent, ProcessingState, Store};
+use switchboard::store::{
+    self, EventQuery, Finished, Lease, NewEvent, NewJob, ProcessingState, Store,
+};
 
 /// Each backend under test, freshly created: a SQLite file, and a PostgreSQL database.
 async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
@@ -18,6 +20,21 @@ async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
         ));
     }
     backends
+}
+
+/// A processing result with nothing in it but the event id.
+fn done(event_id: i64) -> Finished {
+    Finished {
+        event_id,
+        ruleset_version: "v1".into(),
+        record: json!({"verdicts": []}),
+        counter_hits: Vec::new(),
+        jobs: Vec::new(),
+    }
+}
+
+fn done_all(ids: &[i64]) -> Vec<Finished> {
+    ids.iter().copied().map(done).collect()
 }
 
 fn new_event(body: serde_json::Value, received_at: i64) -> NewEvent {
@@ -100,7 +117,10 @@ async fn leases_hand_events_to_one_processor_until_they_expire() {
         );
 
         // `a` finishes one, then dies; after its lease expires `c` takes the other two.
-        let finished = store.finish_events(&ids[..1], "a", 10_100).await.unwrap();
+        let finished = store
+            .finish_events(&done_all(&ids[..1]), "a", 10_100)
+            .await
+            .unwrap();
         assert_eq!(finished, ids[..1], "{name}");
         let c = store.claim_events(&lease("c", 11_001), 10).await.unwrap();
         let claimed: Vec<i64> = c.iter().map(|e| e.id).collect();
@@ -108,11 +128,20 @@ async fn leases_hand_events_to_one_processor_until_they_expire() {
         assert_eq!(c[0].attempts, 2, "{name}");
         assert_eq!(c[0].state, ProcessingState::Processing, "{name}");
         // `a` comes back too late: its finish is refused, `c`'s goes through, once.
-        let late = store.finish_events(&ids[1..3], "a", 11_002).await.unwrap();
+        let late = store
+            .finish_events(&done_all(&ids[1..3]), "a", 11_002)
+            .await
+            .unwrap();
         assert!(late.is_empty(), "{name}");
-        let finished = store.finish_events(&ids[1..2], "c", 11_003).await.unwrap();
+        let finished = store
+            .finish_events(&done_all(&ids[1..2]), "c", 11_003)
+            .await
+            .unwrap();
         assert_eq!(finished, ids[1..2], "{name}");
-        let twice = store.finish_events(&ids[1..2], "c", 11_004).await.unwrap();
+        let twice = store
+            .finish_events(&done_all(&ids[1..2]), "c", 11_004)
+            .await
+            .unwrap();
         assert!(twice.is_empty(), "finishing twice: {name}");
         let done = store.get_event(ids[1]).await.unwrap().unwrap();
         assert_eq!(done.state, ProcessingState::Processed, "{name}");
@@ -192,6 +221,87 @@ async fn list_filters_combine() {
             })
             .await,
             vec![ids[1]],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn finishing_records_evaluation_counters_and_jobs_once() {
+    for (name, store, _dir) in backends().await {
+        let batch: Vec<_> = (0..3)
+            .map(|i| new_event(json!({"k": i}), 100 + i))
+            .collect();
+        let ids: Vec<i64> = store
+            .insert_events(&batch)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        let lease = Lease {
+            owner: "p".into(),
+            now: 1_000,
+            until: 2_000,
+        };
+        assert_eq!(
+            store.claim_events(&lease, 10).await.unwrap().len(),
+            3,
+            "{name}"
+        );
+        let job = |rule: &str, index: u32| NewJob {
+            rule: rule.into(),
+            action_index: index,
+            kind: "email".into(),
+            spec: json!({"kind": "email", "to": ["ops@example.com"], "subject": "放弃排队"}),
+        };
+        let results: Vec<Finished> = ids
+            .iter()
+            .map(|&id| Finished {
+                counter_hits: vec![
+                    ("abandoned".into(), 1_000 + id),
+                    ("abandoned".into(), 1_000 + id),
+                ],
+                jobs: vec![job("rules/a.rhai", 0), job("rules/a.rhai", 1), job("b", 0)],
+                ..done(id)
+            })
+            .collect();
+        let finished = store.finish_events(&results, "p", 1_500).await.unwrap();
+        assert_eq!(finished, ids, "{name}");
+        // Finishing again (a processor that lost its lease) writes nothing more.
+        assert!(
+            store
+                .finish_events(&results, "p", 1_600)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+
+        let evaluation = store.get_evaluation(ids[1]).await.unwrap().unwrap();
+        assert_eq!(evaluation.ruleset_version.as_deref(), Some("v1"), "{name}");
+        assert_eq!(evaluation.record, Some(json!({"verdicts": []})), "{name}");
+        assert_eq!(evaluation.processed_at, 1_500, "{name}");
+        let jobs = store.list_event_jobs(ids[1]).await.unwrap();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.idempotency_key.as_str()).collect();
+        let expected = [
+            format!("{}:0:rules/a.rhai", ids[1]),
+            format!("{}:1:rules/a.rhai", ids[1]),
+            format!("{}:0:b", ids[1]),
+        ];
+        assert_eq!(keys, expected, "{name}");
+        assert_eq!(jobs[0].spec["subject"], "放弃排队", "{name}");
+        assert_eq!(jobs[0].status, "pending", "{name}");
+        // One hit per key and event, however often the evaluation counted it.
+        assert_eq!(store.count_hits("abandoned", 0).await.unwrap(), 3, "{name}");
+        assert_eq!(
+            store.count_hits("abandoned", 1_000 + ids[1]).await.unwrap(),
+            2,
+            "{name}"
+        );
+        assert_eq!(store.count_hits("other", 0).await.unwrap(), 0, "{name}");
+        assert!(
+            store.get_evaluation(ids[0] + 100).await.unwrap().is_none(),
             "{name}"
         );
     }
