@@ -20,6 +20,7 @@
 pub mod api;
 pub mod committer;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod processor;
 pub mod store;
