@@ -1,4 +1,5 @@
 //! Delivery of the actions matching rules ask for: a durable, retrying job queue and the senders
-//! (email, webhook, callback tasks). This module so far holds the pure retry policy.
+//! (email, webhook, callback tasks). So far: the pure retry policy and request signing.
 
 pub mod retry;
+pub mod signing;
