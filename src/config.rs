@@ -68,6 +68,8 @@ pub struct Config {
     pub processing_lease: Duration,
     /// How often processors look for work when nothing wakes them (other instances' events).
     pub processing_poll: Duration,
+    /// Values rules read with `setting("name")`, e.g. a supervisor's address (`[rule_settings]`).
+    pub rule_settings: crate::rules::RuleSettings,
 }
 
 impl Config {
@@ -84,6 +86,7 @@ impl Config {
             commit_batch_max: 512,
             processing_lease: Duration::from_secs(30),
             processing_poll: Duration::from_secs(1),
+            rule_settings: Default::default(),
         }
     }
 
@@ -258,6 +261,7 @@ struct FileConfig {
     commit_batch_max: Option<usize>,
     processing_lease_secs: Option<u64>,
     processing_poll_ms: Option<u64>,
+    rule_settings: Option<crate::rules::RuleSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +322,9 @@ impl FileConfig {
         }
         if let Some(ms) = self.processing_poll_ms {
             config.processing_poll = Duration::from_millis(ms);
+        }
+        if let Some(vars) = self.rule_settings {
+            config.rule_settings = vars;
         }
         Ok(())
     }

@@ -14,7 +14,9 @@
 //! - [`config`]: the one `Config`, from defaults, file, environment and flags.
 //! - [`store`]: the `Store` trait and its SQLite backend.
 //! - [`committer`]: group commit of accepted notifications.
-//! - [`processor`]: claims accepted events from the store and processes them.
+//! - [`processor`]: claims accepted events from the store, evaluates them, records the result.
+//! - [`rules`]: Rhai rules: compile, evaluate (PURE), load and hot-reload, check/try/test.
+//! - [`delivery`]: what executes the actions (retry policy, signing, email building so far).
 //! - [`api`]: the HTTP surface (`router(state)`), auth, errors.
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod processor;
+pub mod rules;
 pub mod store;
 
 use config::Config;
@@ -42,6 +45,22 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Logs the loaded rule set, and every rule that does not compile.
+fn log_rules(rules: &rules::Rules) {
+    let statuses = rules.statuses();
+    for status in &statuses {
+        if let Some(error) = &status.error {
+            tracing::error!(%error, "rule does not compile");
+        }
+    }
+    tracing::info!(
+        dir = %rules.dir().display(),
+        rules = statuses.len(),
+        version = %rules.current().version,
+        "rules loaded"
+    );
+}
+
 /// Runs the service on `listener` until `shutdown` resolves; then stops accepting, finishes
 /// in-flight requests, commits what they queued, lets the processor finish its batch, and closes
 /// the store.
@@ -55,12 +74,32 @@ pub async fn run(
         database = %store::redact_url(config.database_url.expose()),
         "store ready"
     );
+    let rules = Arc::new(rules::Rules::load(
+        &config.rules_dir,
+        config.rule_settings.clone(),
+    ));
+    log_rules(&rules);
+    let _watch = rules::watch::watch(rules.clone(), |outcome| {
+        for error in &outcome.errors {
+            tracing::error!(%error, "rule does not compile; its last good version keeps running");
+        }
+        if let Some(version) = &outcome.new_version {
+            tracing::info!(
+                %version,
+                added = ?outcome.added,
+                changed = ?outcome.changed,
+                removed = ?outcome.removed,
+                "rules reloaded"
+            );
+        }
+    });
     let committed = Arc::new(Notify::new());
     let (committer, commit_task) =
         committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
     let stop_processing = CancellationToken::new();
     let processor_task = tokio::spawn(processor::run(
         store.clone(),
+        rules.clone(),
         committed,
         processor::ProcessorConfig {
             owner: processor::owner_id(),
@@ -87,6 +126,7 @@ pub async fn run(
     let state = api::AppState {
         store: store.clone(),
         committer,
+        rules,
         ingest_tokens: api::TokenSet::new(&config.ingest_tokens),
         admin_tokens: api::TokenSet::new(config.admin_token.as_slice()),
         max_body_bytes: config.max_body_bytes,

@@ -22,11 +22,72 @@ struct Cli {
 enum Command {
     /// Run the service
     Serve(ServeArgs),
+    /// Compile every rule; print each error as file:line:col: message; exit 1 on any error
+    Check(RulesArg),
+    /// Dry-run payload files against the rules: which rules match, and their actions
+    Try {
+        #[command(flatten)]
+        rules: RulesArg,
+        /// JSON payload files
+        #[arg(required = true)]
+        payloads: Vec<PathBuf>,
+    },
+    /// Run the rule test cases in <rules>/tests/*.toml; exit 1 on any failure
+    Test(RulesArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct RulesArg {
+    /// Directory of .rhai rule files
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RULES",
+        default_value = "./rules",
+        value_name = "DIR"
+    )]
+    rules: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Rule variables (`[rule_settings]`) come from the configuration file, for the rule tools too.
+    let rule_settings = || -> anyhow::Result<_> {
+        Ok(Config::load(&ServeArgs::default(), cli.config.as_deref())?.rule_settings)
+    };
     match cli.command {
+        Command::Check(RulesArg { rules }) => {
+            let report = switchboard::rules::tools::check(&rules, rule_settings()?);
+            println!("{report}");
+            std::process::exit(if report.errors.is_empty() { 0 } else { 1 });
+        }
+        Command::Try { rules, payloads } => {
+            let rules = switchboard::rules::Rules::load(&rules.rules, rule_settings()?);
+            for status in rules.statuses() {
+                if let Some(error) = status.error {
+                    eprintln!("warning: {error}");
+                }
+            }
+            for path in payloads {
+                let body =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                match switchboard::rules::tools::try_payload(&rules, &body) {
+                    Ok(evaluation) => {
+                        println!(
+                            "{}: {}",
+                            path.display(),
+                            serde_json::to_string_pretty(&evaluation)?
+                        )
+                    }
+                    Err(error) => println!("{}: not a notification: {error}", path.display()),
+                }
+            }
+            Ok(())
+        }
+        Command::Test(RulesArg { rules }) => {
+            let report = switchboard::rules::tools::run_tests(&rules, &rule_settings()?);
+            println!("{report}");
+            std::process::exit(if report.passed() { 0 } else { 1 });
+        }
         Command::Serve(args) => {
             let config = Config::load(&args, cli.config.as_deref())?;
             init_logging(config.log_format);

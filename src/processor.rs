@@ -1,9 +1,11 @@
 //! Processing of accepted events, decoupled from intake: processors claim unprocessed events from
-//! the store under a lease, handle them, and record the result. Events accepted before a crash are
-//! claimed after restart, and an expired lease lets another processor (or instance) take over.
+//! the store under a lease, evaluate each against the current rule set, and record the
+//! evaluations with the jobs they ask for. Events accepted before a crash are claimed after
+//! restart, and an expired lease lets another processor (or instance) take over.
 
-use crate::store::{Finished, Lease, Store, StoredEvent, now_millis};
-use std::sync::Arc;
+use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
+use crate::store::{Finished, Lease, Millis, NewJob, Store, StoredEvent, now_millis};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,7 @@ pub struct ProcessorConfig {
 /// Runs until `shutdown` is cancelled, finishing the batch in hand first.
 pub async fn run(
     store: Arc<dyn Store>,
+    rules: Arc<Rules>,
     wake: Arc<Notify>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
@@ -41,14 +44,16 @@ pub async fn run(
         };
         match store.claim_events(&lease, config.batch).await {
             Ok(events) if !events.is_empty() => {
-                process(store.as_ref(), &config.owner, &events).await;
-                if events.len() == config.batch as usize {
+                let full = events.len() == config.batch as usize;
+                process(&store, &rules, &config.owner, events).await;
+                if full {
                     continue; // more is waiting
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(config.settle) => {}
                     _ = shutdown.cancelled() => break,
                 }
+                continue;
             }
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "claiming events failed; will retry"),
@@ -61,20 +66,54 @@ pub async fn run(
     }
 }
 
-/// Handles a batch of claimed events. This is the seam where rule evaluation plugs in: evaluate
-/// each event, then record the evaluations (and the jobs they ask for) in the one transaction that
-/// finishes the batch.
-async fn process(store: &dyn Store, owner: &str, events: &[StoredEvent]) {
-    let results: Vec<Finished> = events
-        .iter()
-        .map(|e| Finished {
-            event_id: e.id,
-            ruleset_version: String::new(),
-            record: serde_json::json!({}),
-            counter_hits: Vec::new(),
-            jobs: Vec::new(),
-        })
-        .collect();
+/// Evaluates a batch of claimed events (on a blocking thread: evaluation is CPU work and reads
+/// counters synchronously) and records every evaluation, with its counter hits and jobs, in the
+/// one transaction that finishes the batch.
+async fn process(
+    store: &Arc<dyn Store>,
+    rules: &Arc<Rules>,
+    owner: &str,
+    events: Vec<StoredEvent>,
+) {
+    let count = events.len();
+    let (store2, rules) = (store.clone(), rules.clone());
+    let handle = tokio::runtime::Handle::current();
+    let evaluated = tokio::task::spawn_blocking(move || {
+        let ruleset = rules.current();
+        let counters = Arc::new(StoreCounters {
+            store: store2,
+            runtime: handle,
+            batch_hits: Mutex::default(),
+        });
+        events
+            .iter()
+            .map(|event| {
+                let ctx = EvalContext {
+                    counters: counters.clone(),
+                    at_ms: event.received_at,
+                    record_stats: true,
+                };
+                let evaluation = ruleset.evaluate(&event.event, &ctx);
+                counters.add(&evaluation);
+                finished(event.id, evaluation)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let results = match evaluated {
+        Ok(results) => results,
+        Err(error) => {
+            tracing::error!(%error, events = count, "evaluation task failed; the events will be retried after the lease");
+            return;
+        }
+    };
+    for result in &results {
+        if let Some(errors) = result.record.get("verdicts").and_then(|v| v.as_array()) {
+            for verdict in errors.iter().filter(|v| v.get("error").is_some()) {
+                tracing::warn!(event = result.event_id, rule = %verdict["rule"], error = %verdict["error"], "rule failed on an event");
+            }
+        }
+    }
     match store.finish_events(&results, owner, now_millis()).await {
         Ok(finished) => {
             if finished.len() < results.len() {
@@ -86,8 +125,75 @@ async fn process(store: &dyn Store, owner: &str, events: &[StoredEvent]) {
             tracing::debug!(events = finished.len(), "events processed");
         }
         Err(error) => {
-            tracing::error!(%error, events = results.len(), "recording processing failed; will retry after the lease")
+            tracing::error!(%error, events = count, "recording processing failed; will retry after the lease")
         }
+    }
+}
+
+/// The record of one event's evaluation, with a job for each action of each matching rule.
+pub fn finished(event_id: i64, evaluation: Evaluation) -> Finished {
+    let jobs = evaluation
+        .matched()
+        .flat_map(|verdict| {
+            verdict
+                .actions
+                .iter()
+                .enumerate()
+                .map(|(index, action)| NewJob {
+                    rule: verdict.rule.clone(),
+                    action_index: u32::try_from(index).unwrap_or(u32::MAX),
+                    kind: action.kind().to_string(),
+                    spec: serde_json::to_value(action).unwrap_or_default(),
+                })
+        })
+        .collect();
+    Finished {
+        event_id,
+        ruleset_version: evaluation.ruleset_version.clone(),
+        counter_hits: evaluation
+            .counter_hits
+            .iter()
+            .map(|hit| (hit.key.clone(), hit.at_ms))
+            .collect(),
+        record: serde_json::to_value(&evaluation).unwrap_or_default(),
+        jobs,
+    }
+}
+
+/// Counters as the store has them, plus the hits of this batch's earlier events (not yet
+/// committed: the batch is recorded in one transaction).
+struct StoreCounters {
+    store: Arc<dyn Store>,
+    runtime: tokio::runtime::Handle,
+    batch_hits: Mutex<Vec<(String, Millis)>>,
+}
+
+impl StoreCounters {
+    fn add(&self, evaluation: &Evaluation) {
+        let mut hits = self.batch_hits.lock().unwrap_or_else(|p| p.into_inner());
+        hits.extend(
+            evaluation
+                .counter_hits
+                .iter()
+                .map(|h| (h.key.clone(), h.at_ms)),
+        );
+    }
+}
+
+impl CounterSource for StoreCounters {
+    fn count_since(&self, key: &str, since_ms: i64) -> Result<u64, String> {
+        let stored = self
+            .runtime
+            .block_on(self.store.count_hits(key, since_ms))
+            .map_err(|error| format!("the counter store is unavailable: {error}"))?;
+        let pending = self
+            .batch_hits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, at)| k == key && *at >= since_ms)
+            .count() as u64;
+        Ok(stored + pending)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{ApiError, AppState};
 use crate::event::{CallEvent, Warning, parse_time};
-use crate::store::{EventQuery, Millis, ProcessingState, StoredEvent};
+use crate::store::{EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent, StoredJob};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -30,6 +30,12 @@ pub struct EventView {
     /// The body exactly as received (only on the single-event view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+    /// The evaluation record, once processed (only on the single-event view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<StoredEvaluation>,
+    /// The jobs the evaluation produced (only on the single-event view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<StoredJob>>,
 }
 
 impl EventView {
@@ -46,6 +52,8 @@ impl EventView {
             event: stored.event,
             warnings: stored.warnings,
             raw_body: with_raw.then(|| String::from_utf8_lossy(&stored.raw_body).into_owned()),
+            evaluation: None,
+            jobs: None,
         }
     }
 }
@@ -73,7 +81,11 @@ pub async fn get_event(
         .await
         .map_err(|e| ApiError::unavailable("reading the event failed", &e))?
         .ok_or_else(|| ApiError::not_found(format!("no event with id {id}")))?;
-    Ok(Json(EventView::new(stored, true)))
+    let read_failed = |e| ApiError::unavailable("reading the event's evaluation failed", &e);
+    let mut view = EventView::new(stored, true);
+    view.evaluation = state.store.get_evaluation(id).await.map_err(read_failed)?;
+    view.jobs = Some(state.store.list_event_jobs(id).await.map_err(read_failed)?);
+    Ok(Json(view))
 }
 
 pub async fn list_events(

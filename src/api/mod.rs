@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod events;
 mod intake;
+mod rules;
 
 pub use auth::TokenSet;
 pub use error::ApiError;
@@ -13,6 +14,7 @@ pub use events::{EventPage, EventView};
 pub use intake::Ack;
 
 use crate::committer::Committer;
+use crate::rules::Rules;
 use crate::store::Store;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, StatusCode};
@@ -33,6 +35,7 @@ use tower_http::trace::TraceLayer;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub committer: Committer,
+    pub rules: Arc<Rules>,
     pub ingest_tokens: TokenSet,
     pub admin_tokens: TokenSet,
     pub max_body_bytes: usize,
@@ -48,6 +51,8 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}", get(events::get_event))
+        .route("/v1/rules", get(rules::list_rules))
+        .route("/v1/rules/try", post(rules::try_rules))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let health = Router::new()
         .route("/healthz", get(healthz))

@@ -1,0 +1,218 @@
+//! The actions a rule can ask for (PURE): their fully rendered form (`ActionRequest`, what the
+//! delivery queue executes) and the Rhai constructors `email(…)`, `webhook(…)`,
+//! `callback_task(…)` and `close_callback_tasks(…)`, which check their fields as the rule runs.
+
+use crate::delivery::email::EmailSpec;
+use rhai::{Dynamic, EvalAltResult, Map};
+use serde::{Deserialize, Serialize};
+
+/// One action, fully rendered from the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActionRequest {
+    Email(EmailSpec),
+    Webhook {
+        /// A configured target's name (URL, secret and headers live in the config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// A direct URL; allowed only if it matches the configured allowlist.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        /// The JSON body; by default the event and the rule name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<serde_json::Value>,
+    },
+    CallbackTask {
+        phone: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        reason: String,
+        /// Seconds from the event until the call-back is due.
+        due_in_secs: u64,
+        /// Higher is more urgent.
+        priority: i64,
+    },
+    CloseCallbackTasks {
+        phone: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+}
+
+impl ActionRequest {
+    /// The `kind` tag, as jobs are labelled.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionRequest::Email(_) => "email",
+            ActionRequest::Webhook { .. } => "webhook",
+            ActionRequest::CallbackTask { .. } => "callback_task",
+            ActionRequest::CloseCallbackTasks { .. } => "close_callback_tasks",
+        }
+    }
+}
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn error(message: String) -> Box<EvalAltResult> {
+    message.into()
+}
+
+/// A string field; `()` and missing count as absent.
+fn opt_string(map: &Map, action: &str, field: &str) -> RhaiResult<Option<String>> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(v) if v.is_unit() => Ok(None),
+        Some(v) if v.is_string() => {
+            let s = v.clone().into_string().unwrap_or_default();
+            Ok((!s.trim().is_empty()).then_some(s))
+        }
+        Some(v) if v.is_int() || v.is_float() => Ok(Some(v.to_string())),
+        Some(v) => Err(error(format!(
+            "{action}: `{field}` must be a string, not {}",
+            v.type_name()
+        ))),
+    }
+}
+
+fn required_string(map: &Map, action: &str, field: &str) -> RhaiResult<String> {
+    opt_string(map, action, field)?
+        .ok_or_else(|| error(format!("{action}: `{field}` is required (absent or empty)")))
+}
+
+/// A string or an array of strings.
+fn string_list(map: &Map, action: &str, field: &str) -> RhaiResult<Vec<String>> {
+    match map.get(field) {
+        None => Ok(Vec::new()),
+        Some(v) if v.is_unit() => Ok(Vec::new()),
+        Some(v) if v.is_array() => v
+            .clone()
+            .into_array()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|item| !item.is_unit())
+            .map(|item| {
+                item.into_string().map_err(|t| {
+                    error(format!(
+                        "{action}: `{field}` items must be strings, not {t}"
+                    ))
+                })
+            })
+            .collect(),
+        Some(_) => Ok(opt_string(map, action, field)?
+            .map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()),
+    }
+}
+
+fn check_fields(map: &Map, action: &str, known: &[&str]) -> RhaiResult<()> {
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(error(format!(
+                "{action}: unknown field `{key}` (known: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn to_dynamic(action: ActionRequest) -> RhaiResult<Dynamic> {
+    rhai::serde::to_dynamic(action)
+}
+
+/// `email(#{ to, cc, reply_to, subject, body, html })`
+pub fn email(map: Map) -> RhaiResult<Dynamic> {
+    const A: &str = "email";
+    check_fields(
+        &map,
+        A,
+        &["to", "cc", "reply_to", "subject", "body", "html"],
+    )?;
+    let to = string_list(&map, A, "to")?;
+    if to.is_empty() {
+        return Err(error("email: `to` is required (absent or empty)".into()));
+    }
+    to_dynamic(ActionRequest::Email(EmailSpec {
+        to,
+        cc: string_list(&map, A, "cc")?,
+        reply_to: opt_string(&map, A, "reply_to")?,
+        subject: required_string(&map, A, "subject")?,
+        body: opt_string(&map, A, "body")?.unwrap_or_default(),
+        html: opt_string(&map, A, "html")?,
+    }))
+}
+
+/// `webhook(#{ target, url, body })`: `target` (a configured name) or `url`.
+pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
+    const A: &str = "webhook";
+    check_fields(&map, A, &["target", "url", "body"])?;
+    let target = opt_string(&map, A, "target")?;
+    let url = opt_string(&map, A, "url")?;
+    if target.is_none() && url.is_none() {
+        return Err(error(
+            "webhook: give `target` (a configured target's name) or `url`".into(),
+        ));
+    }
+    let body = match map.get("body") {
+        None => None,
+        Some(v) if v.is_unit() => None,
+        Some(v) => Some(
+            rhai::serde::from_dynamic::<serde_json::Value>(v)
+                .map_err(|e| error(format!("webhook: `body` cannot be JSON: {e}")))?,
+        ),
+    };
+    to_dynamic(ActionRequest::Webhook { target, url, body })
+}
+
+/// `callback_task(#{ phone, name, reason, due_in, priority })`
+pub fn callback_task(map: Map) -> RhaiResult<Dynamic> {
+    const A: &str = "callback_task";
+    check_fields(&map, A, &["phone", "name", "reason", "due_in", "priority"])?;
+    let due_in = match opt_string(&map, A, "due_in")? {
+        None => 0,
+        Some(text) => super::stdlib::parse_duration(&text)
+            .map_err(|e| error(format!("callback_task: `due_in`: {e}")))?
+            .as_secs(),
+    };
+    let priority = match map.get("priority") {
+        None => 0,
+        Some(v) if v.is_unit() => 0,
+        Some(v) => v.as_int().map_err(|t| {
+            error(format!(
+                "callback_task: `priority` must be an integer, not {t}"
+            ))
+        })?,
+    };
+    to_dynamic(ActionRequest::CallbackTask {
+        phone: required_string(&map, A, "phone")?,
+        name: opt_string(&map, A, "name")?,
+        reason: opt_string(&map, A, "reason")?.unwrap_or_else(|| "call back".into()),
+        due_in_secs: due_in,
+        priority,
+    })
+}
+
+/// `close_callback_tasks(#{ phone, note })`
+pub fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
+    const A: &str = "close_callback_tasks";
+    check_fields(&map, A, &["phone", "note"])?;
+    to_dynamic(ActionRequest::CloseCallbackTasks {
+        phone: required_string(&map, A, "phone")?,
+        note: opt_string(&map, A, "note")?,
+    })
+}
+
+/// Reads back the value a constructor made (or fails, naming what the rule returned instead).
+pub fn from_dynamic(value: &Dynamic) -> Result<ActionRequest, String> {
+    rhai::serde::from_dynamic(value).map_err(|e| {
+        format!(
+            "`then` must return a list of actions made by email(), webhook(), callback_task() or close_callback_tasks(); got {} ({e})",
+            value.type_name()
+        )
+    })
+}

@@ -1,0 +1,209 @@
+//! Evaluating one event against one rule-set version (PURE): the event becomes Rhai values once,
+//! each rule runs in the sandbox, and the result is an `Evaluation` record. A rule that errs or
+//! hits a limit is recorded as such; every other rule still runs.
+
+use super::actions::{self, ActionRequest};
+use super::compile::{CompiledRule, Throttle, throttle_from};
+use super::stdlib::{self, CounterHit, CounterSource};
+use crate::event::CallEvent;
+use rhai::{CallFnOptions, Dynamic, Engine, Scope};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// One version of the rule set: compiled rules in evaluation order, and the engine they run on.
+/// Immutable: a reload builds a new one and swaps it in whole.
+pub struct RuleSet {
+    /// Hash of every active rule's file and content.
+    pub version: String,
+    pub(super) rules: Vec<Arc<CompiledRule>>,
+    pub(super) engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("version", &self.version)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+/// What evaluation may read besides the event.
+#[derive(Clone)]
+pub struct EvalContext {
+    /// Stored windowed counters (read only; the hits come back in the `Evaluation`).
+    pub counters: Arc<dyn CounterSource>,
+    /// The event's time (its receive time, unix ms): counter windows end here.
+    pub at_ms: i64,
+    /// Whether to count this evaluation in the rules' statistics (not for dry runs).
+    pub record_stats: bool,
+}
+
+/// One rule's verdict on one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleVerdict {
+    pub rule: String,
+    pub file: String,
+    pub matched: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The evaluation record of one event: the rules that matched (with their actions) or failed.
+/// Rules of the version not listed ran and did not match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub ruleset_version: String,
+    /// How many rules ran (enabled rules of the version).
+    pub evaluated: usize,
+    pub verdicts: Vec<RuleVerdict>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counter_hits: Vec<CounterHit>,
+    pub elapsed_us: u64,
+}
+
+impl Evaluation {
+    /// The verdicts of rules that matched.
+    pub fn matched(&self) -> impl Iterator<Item = &RuleVerdict> {
+        self.verdicts.iter().filter(|v| v.matched)
+    }
+}
+
+impl RuleSet {
+    /// An empty rule set (no rules directory yet).
+    pub fn empty(engine: Arc<Engine>) -> Self {
+        RuleSet {
+            version: "empty".into(),
+            rules: Vec::new(),
+            engine,
+        }
+    }
+
+    /// The rules in evaluation order.
+    pub fn rules(&self) -> &[Arc<CompiledRule>] {
+        &self.rules
+    }
+
+    /// Evaluates `event` against every enabled rule, in order.
+    pub fn evaluate(&self, event: &CallEvent, ctx: &EvalContext) -> Evaluation {
+        let started = Instant::now();
+        let ev = event_value(event);
+        let state = stdlib::EvalState {
+            counters: ctx.counters.clone(),
+            at_ms: ctx.at_ms,
+            hits: Vec::new(),
+        };
+        let ((verdicts, evaluated), state) = stdlib::with_state(state, || {
+            let mut scope = Scope::new();
+            let mut verdicts = Vec::new();
+            let mut evaluated = 0;
+            for rule in self.rules.iter().filter(|r| r.enabled) {
+                evaluated += 1;
+                let verdict = self.evaluate_rule(rule, &ev, &mut scope);
+                if ctx.record_stats {
+                    rule.stats.evaluations.fetch_add(1, Ordering::Relaxed);
+                    if verdict.matched {
+                        rule.stats.matches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if verdict.error.is_some() {
+                        rule.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if verdict.matched || verdict.error.is_some() {
+                    verdicts.push(verdict);
+                }
+            }
+            (verdicts, evaluated)
+        });
+        Evaluation {
+            ruleset_version: self.version.clone(),
+            evaluated,
+            verdicts,
+            counter_hits: state.hits,
+            elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn evaluate_rule(&self, rule: &CompiledRule, ev: &Dynamic, scope: &mut Scope) -> RuleVerdict {
+        let mut verdict = RuleVerdict {
+            rule: rule.name.clone(),
+            file: rule.file.clone(),
+            matched: false,
+            actions: Vec::new(),
+            throttle: None,
+            error: None,
+        };
+        // Rhai does not panic on bad scripts, but a rule must never take the service down.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_rule(rule, ev, scope)
+        }))
+        .unwrap_or_else(|_| Err("the rule engine panicked on this rule".into()));
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((actions, throttle))) => {
+                verdict.matched = true;
+                verdict.actions = actions;
+                verdict.throttle = throttle;
+            }
+            Err(message) => verdict.error = Some(message),
+        }
+        verdict
+    }
+
+    /// `Ok(None)`: did not fire; `Ok(Some(..))`: fired, with its actions and throttle.
+    #[allow(clippy::type_complexity)]
+    fn run_rule(
+        &self,
+        rule: &CompiledRule,
+        ev: &Dynamic,
+        scope: &mut Scope,
+    ) -> Result<Option<(Vec<ActionRequest>, Option<Throttle>)>, String> {
+        let call = |scope: &mut Scope, name: &str| -> Result<Dynamic, String> {
+            let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+            self.engine
+                .call_fn_with_options::<Dynamic>(options, scope, &rule.ast, name, (ev.clone(),))
+                .map_err(|e| format!("in `{name}`: {e}"))
+        };
+        let fired = call(scope, "when")?;
+        let fired = fired
+            .as_bool()
+            .map_err(|t| format!("`when` must return true or false, not {t}"))?;
+        if !fired {
+            return Ok(None);
+        }
+        let returned = call(scope, "then")?;
+        let list = if returned.is_array() {
+            returned.into_array().unwrap_or_default()
+        } else if returned.is_unit() {
+            Vec::new()
+        } else {
+            vec![returned]
+        };
+        let actions = list
+            .iter()
+            .map(actions::from_dynamic)
+            .collect::<Result<Vec<_>, _>>()?;
+        let throttle = if rule.has_throttle {
+            throttle_from(call(scope, "throttle")?).map_err(|e| format!("in `throttle`: {e}"))?
+        } else {
+            None
+        };
+        Ok(Some((actions, throttle)))
+    }
+}
+
+/// The event as rules see it: its decoded JSON view as a read-only Rhai map, shared so that
+/// passing it to each rule copies a pointer, not the map. Absent fields are `()`.
+fn event_value(event: &CallEvent) -> Dynamic {
+    let json = serde_json::to_value(event).unwrap_or_default();
+    rhai::serde::to_dynamic(json)
+        .unwrap_or(Dynamic::UNIT)
+        .into_read_only()
+        .into_shared()
+}
