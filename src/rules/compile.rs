@@ -20,7 +20,7 @@ pub mod limits {
     pub const FN_EXPR_DEPTH: usize = 32;
     pub const STRING_SIZE: usize = 64 * 1024;
     pub const ARRAY_SIZE: usize = 10_000;
-    pub const MAP_SIZE: usize = 10_000;
+    pub const MAP_SIZE: usize = 1_000;
     pub const VARIABLES: usize = 256;
     pub const FUNCTIONS: usize = 64;
 }

@@ -3,5 +3,6 @@
 mod crash;
 mod intake;
 mod props;
+mod rules;
 mod store;
 mod util;
