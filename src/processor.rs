@@ -92,6 +92,7 @@ async fn process(
                     counters: counters.clone(),
                     at_ms: event.received_at,
                     record_stats: true,
+                    prefilter: true,
                 };
                 let evaluation = ruleset.evaluate(&event.event, &ctx);
                 counters.add(&evaluation);

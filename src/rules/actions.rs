@@ -121,8 +121,9 @@ fn check_fields(map: &Map, action: &str, known: &[&str]) -> RhaiResult<()> {
     Ok(())
 }
 
+/// Actions travel through Rhai as a custom type: no conversion to and from a map.
 fn to_dynamic(action: ActionRequest) -> RhaiResult<Dynamic> {
-    rhai::serde::to_dynamic(action)
+    Ok(Dynamic::from(action))
 }
 
 /// `email(#{ to, cc, reply_to, subject, body, html })`
@@ -209,9 +210,9 @@ pub fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
 
 /// Reads back the value a constructor made (or fails, naming what the rule returned instead).
 pub fn from_dynamic(value: &Dynamic) -> Result<ActionRequest, String> {
-    rhai::serde::from_dynamic(value).map_err(|e| {
+    value.clone().try_cast::<ActionRequest>().ok_or_else(|| {
         format!(
-            "`then` must return a list of actions made by email(), webhook(), callback_task() or close_callback_tasks(); got {} ({e})",
+            "`then` must return a list of actions made by email(), webhook(), callback_task() or close_callback_tasks(); got {}",
             value.type_name()
         )
     })

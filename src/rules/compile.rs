@@ -48,6 +48,10 @@ pub fn build_engine(vars: Arc<RuleSettings>) -> Engine {
     engine.on_debug(|_, _, _| {});
 
     engine
+        .register_type_with_name::<actions::ActionRequest>("Action")
+        .register_fn("to_string", |a: &mut actions::ActionRequest| {
+            serde_json::to_string(a).unwrap_or_default()
+        })
         .register_fn("email", actions::email)
         .register_fn("webhook", actions::webhook)
         .register_fn("callback_task", actions::callback_task)
@@ -139,6 +143,8 @@ pub struct CompiledRule {
     pub version: String,
     pub(super) ast: AST,
     pub(super) has_throttle: bool,
+    /// What `when` provably requires of an event (see `prefilter`).
+    pub(super) requirements: Vec<super::prefilter::Requirement>,
     pub stats: Arc<RuleStats>,
 }
 
@@ -225,7 +231,14 @@ pub fn compile(engine: &Engine, file: &str, source: &str) -> Result<CompiledRule
             )
         })?,
     };
+    let when_param = ast
+        .iter_functions()
+        .find(|f| f.name == "when")
+        .and_then(|f| f.params.first().map(|p| p.to_string()))
+        .unwrap_or_default();
+    let requirements = super::prefilter::requirements(&ast, &when_param);
     Ok(CompiledRule {
+        requirements,
         file: file.to_string(),
         name,
         description,

@@ -27,6 +27,7 @@
 //! - [`eval`] (PURE): evaluating an event against a rule set.
 //! - [`actions`] (PURE): the actions rules return.
 //! - [`stdlib`] (PURE): helpers (times, hours, regex, windowed counter).
+//! - [`prefilter`] (PURE): what `when` provably requires, to skip rules that cannot fire.
 //! - [`load`]: the rules directory, last good versions, atomic swaps.
 //! - [`watch`]: hot reload.
 //! - [`tools`]: `check`, `try`, `test`.
@@ -35,6 +36,7 @@ pub mod actions;
 pub mod compile;
 pub mod eval;
 pub mod load;
+pub mod prefilter;
 pub mod stdlib;
 pub mod tools;
 pub mod watch;

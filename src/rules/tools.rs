@@ -54,6 +54,7 @@ pub fn try_payload(rules: &Rules, body: &[u8]) -> Result<Evaluation, BodyError> 
         counters: Arc::new(FixedCounters::default()),
         at_ms: crate::store::now_millis(),
         record_stats: false,
+        prefilter: true,
     };
     Ok(rules.current().evaluate(&decoded.event, &ctx))
 }
@@ -223,6 +224,7 @@ fn run_case(rules: &Rules, base: &Path, case: &TestCase) -> Result<Vec<String>, 
         counters: Arc::new(FixedCounters(case.counters.clone())),
         at_ms: crate::store::now_millis(),
         record_stats: false,
+        prefilter: true,
     };
     let evaluation = rules.current().evaluate(&decode(&parsed).event, &ctx);
     let mut failures = Vec::new();

@@ -21,6 +21,7 @@ fn evaluate(rules: &Rules, body: serde_json::Value) -> Evaluation {
         counters: Arc::new(FixedCounters::default()),
         at_ms: 1_000_000,
         record_stats: true,
+        prefilter: true,
     };
     rules.current().evaluate(&decode(&parsed).event, &ctx)
 }
@@ -603,4 +604,75 @@ async fn rules_api_lists_status_and_dry_runs() {
     assert_eq!(kinds, ["webhook", "email", "callback_task"], "{event}");
     assert_eq!(event["evaluation"]["ruleset_version"], listed["version"]);
     server.stop().await;
+}
+
+#[test]
+fn the_prefilter_changes_no_result() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let extra = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rhai") {
+            std::fs::copy(&path, extra.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    // Rules whose leading conditions are provable, and ones whose are not.
+    write(
+        extra.path(),
+        "p1.rhai",
+        "const NAME = \"p1\";\nfn when(ev) { ev.workflow == \"in\" && ev.call_id.len() > 100 }\nfn then(ev) { [] }",
+    );
+    write(
+        extra.path(),
+        "p2.rhai",
+        "const NAME = \"p2\";\nfn when(ev) { ev.call_id.len() > 100 && ev.workflow == \"in\" }\nfn then(ev) { [] }",
+    );
+    write(
+        extra.path(),
+        "p3.rhai",
+        "const NAME = \"p3\";\nfn when(ev) { (ev.outcome == \"busy\" || ev.outcome == \"phone_offline\") && count_in_window(\"x\", \"1m\") > 0 }\nfn then(ev) { [] }",
+    );
+    let rules = Rules::load(extra.path(), Default::default());
+    let outcomes = [
+        "顧客未応答",
+        "客户接听",
+        "話中",
+        "话机离线",
+        "客服未接",
+        "オペレーター拒否",
+        "客服接听",
+        "顧客即時切断",
+        "客户挂机",
+        "排队超时",
+        "待機放棄",
+        "未选择队列",
+        "???",
+    ];
+    let mut compared = 0;
+    for (name, body) in samples() {
+        for outcome in outcomes {
+            for workflow in ["in", "out_auto", ""] {
+                let mut event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                event["call_result"] = outcome.into();
+                event["workflow"] = workflow.into();
+                let event = decode(&parse_body(event.to_string().as_bytes(), None).unwrap()).event;
+                let run = |prefilter| {
+                    let ctx = EvalContext {
+                        counters: Arc::new(FixedCounters(
+                            [("queue-abandoned".to_string(), 9)].into(),
+                        )),
+                        at_ms: 1_000,
+                        record_stats: false,
+                        prefilter,
+                    };
+                    let mut evaluation = rules.current().evaluate(&event, &ctx);
+                    evaluation.elapsed_us = 0;
+                    evaluation
+                };
+                assert_eq!(run(true), run(false), "{name} with {outcome} / {workflow}");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, samples().len() * outcomes.len() * 3);
 }
