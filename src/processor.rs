@@ -80,11 +80,7 @@ async fn process(
     let handle = tokio::runtime::Handle::current();
     let evaluated = tokio::task::spawn_blocking(move || {
         let ruleset = rules.current();
-        let counters = Arc::new(StoreCounters {
-            store: store2,
-            runtime: handle,
-            batch_hits: Mutex::default(),
-        });
+        let counters = Arc::new(StoreCounters::new(store2, handle));
         events
             .iter()
             .map(|event| {
@@ -162,14 +158,23 @@ pub fn finished(event_id: i64, evaluation: Evaluation) -> Finished {
 }
 
 /// Counters as the store has them, plus the hits of this batch's earlier events (not yet
-/// committed: the batch is recorded in one transaction).
-struct StoreCounters {
+/// committed: the batch is recorded in one transaction). Reads block on the runtime: use it from
+/// a blocking thread. Dry runs use it too, and simply never store the hits.
+pub struct StoreCounters {
     store: Arc<dyn Store>,
     runtime: tokio::runtime::Handle,
     batch_hits: Mutex<Vec<(String, Millis)>>,
 }
 
 impl StoreCounters {
+    pub fn new(store: Arc<dyn Store>, runtime: tokio::runtime::Handle) -> Self {
+        StoreCounters {
+            store,
+            runtime,
+            batch_hits: Mutex::default(),
+        }
+    }
+
     fn add(&self, evaluation: &Evaluation) {
         let mut hits = self.batch_hits.lock().unwrap_or_else(|p| p.into_inner());
         hits.extend(

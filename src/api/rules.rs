@@ -2,11 +2,13 @@
 //! `POST /v1/rules/try` (a dry run of a payload: no side effects).
 
 use super::{ApiError, AppState};
+use crate::processor::StoreCounters;
 use crate::rules::{RuleStatus, tools};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// The rules as they run now.
 #[derive(Debug, Serialize)]
@@ -32,16 +34,21 @@ pub async fn list_rules(State(state): State<AppState>) -> Json<RulesView> {
     })
 }
 
-/// Evaluates the posted payload against the current rules, as the processor would, but with
-/// empty counters and nothing stored.
+/// Evaluates the posted payload against the current rules, as the processor would: windowed
+/// counters are read from the store, and nothing is stored.
 pub async fn try_rules(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<crate::rules::Evaluation>, ApiError> {
     let rules = state.rules.clone();
-    let evaluation = tokio::task::spawn_blocking(move || tools::try_payload(&rules, &body))
-        .await
-        .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
-        .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
+    let counters = Arc::new(StoreCounters::new(
+        state.store.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let evaluation =
+        tokio::task::spawn_blocking(move || tools::try_payload_with(&rules, &body, counters))
+            .await
+            .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
+            .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
     Ok(Json(evaluation))
 }

@@ -46,12 +46,22 @@ pub fn check(dir: &Path, vars: RuleSettings) -> CheckReport {
     CheckReport { files, errors }
 }
 
-/// A dry run of one payload against the rules.
+/// A dry run of one payload against the rules, with empty counters.
 pub fn try_payload(rules: &Rules, body: &[u8]) -> Result<Evaluation, BodyError> {
+    try_payload_with(rules, body, Arc::new(FixedCounters::default()))
+}
+
+/// A dry run of one payload against the rules: counters are read from `counters`, and the hits
+/// the evaluation would make are returned, never stored.
+pub fn try_payload_with(
+    rules: &Rules,
+    body: &[u8],
+    counters: Arc<dyn super::CounterSource>,
+) -> Result<Evaluation, BodyError> {
     let parsed = parse_body(body, None)?;
     let decoded = decode(&parsed);
     let ctx = EvalContext {
-        counters: Arc::new(FixedCounters::default()),
+        counters,
         at_ms: crate::store::now_millis(),
         record_stats: false,
         prefilter: true,

@@ -676,3 +676,50 @@ fn the_prefilter_changes_no_result() {
     }
     assert_eq!(compared, samples().len() * outcomes.len() * 3);
 }
+
+#[test]
+fn check_try_and_test_commands() {
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let shipped_arg = shipped.display().to_string();
+    let (code, out) = run(&["check", "--rules", &shipped_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["test", "--rules", &shipped_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+    let payload =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/payloads/outbound-no-answer.json");
+    let (code, out) = run(&[
+        "try",
+        "--rules",
+        &shipped_arg,
+        &payload.display().to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("\"rule\": \"outbound-no-answer\"")
+            && out.contains("\"kind\": \"callback_task\""),
+        "{out}"
+    );
+
+    let broken = tempfile::tempdir().unwrap();
+    write(
+        broken.path(),
+        "bad.rhai",
+        "fn when(ev) {\n  ev.x ==\n}\nfn then(ev) { [] }",
+    );
+    let (code, out) = run(&["check", "--rules", &broken.path().display().to_string()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("bad.rhai:3:1: "), "{out}");
+}
