@@ -103,7 +103,7 @@ pub async fn run(
         committed,
         processor::ProcessorConfig {
             owner: processor::owner_id(),
-            batch: 256,
+            batch: 64,
             lease: config.processing_lease,
             poll: config.processing_poll,
             settle: std::time::Duration::from_millis(10),

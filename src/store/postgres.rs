@@ -139,13 +139,7 @@ impl Store for PostgresStore {
     }
 
     async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM counter_hits WHERE key = $1 AND at >= $2")
-                .bind(key)
-                .bind(since)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        sql::count_hits!(&self.pool, key, since)
     }
 
     async fn get_evaluation(

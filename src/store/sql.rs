@@ -147,9 +147,62 @@ where
     qb.push_values(hits, |mut row, (key, event_id, at)| {
         row.push_bind(key).push_bind(event_id).push_bind(at);
     });
-    qb.push(" ON CONFLICT DO NOTHING");
+    // Only hits not stored before come back: those are added to the per-second buckets.
+    qb.push(" ON CONFLICT DO NOTHING RETURNING key, at");
     Some(qb)
 }
+
+/// Adds newly stored hits to the per-second buckets; `None` when there are none.
+pub(super) fn add_to_buckets<'a, DB>(hits: &'a [(String, Millis)]) -> Option<QueryBuilder<'a, DB>>
+where
+    DB: Database,
+    String: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    // One row per (key, second): an upsert may not touch a row twice in one statement.
+    let mut buckets: std::collections::BTreeMap<(&String, i64), i64> = Default::default();
+    for (key, at) in hits {
+        *buckets.entry((key, bucket_of(*at))).or_default() += 1;
+    }
+    if buckets.is_empty() {
+        return None;
+    }
+    let mut qb = QueryBuilder::new("INSERT INTO counter_buckets (key, second, hits) ");
+    qb.push_values(buckets, |mut row, ((key, second), hits)| {
+        row.push_bind(key.clone()).push_bind(second).push_bind(hits);
+    });
+    qb.push(" ON CONFLICT (key, second) DO UPDATE SET hits = counter_buckets.hits + excluded.hits");
+    Some(qb)
+}
+
+/// The second a hit at `at_ms` is counted in.
+pub(super) fn bucket_of(at_ms: Millis) -> i64 {
+    at_ms.div_euclid(1000)
+}
+
+/// Counts the hits of `key` at or after `since`: whole seconds from the buckets, the first
+/// (partial) second from the raw hits. Binds: key, first second, key, since, end of first second.
+pub(super) const COUNT_HITS: &str = "SELECT CAST(\
+     (SELECT COALESCE(SUM(hits), 0) FROM counter_buckets WHERE key = $1 AND second > $2) + \
+     (SELECT COUNT(*) FROM counter_hits WHERE key = $3 AND at >= $4 AND at < $5) AS BIGINT)";
+
+/// Runs [`COUNT_HITS`] (the same text and binds on both backends).
+macro_rules! count_hits {
+    ($pool:expr, $key:expr, $since:expr) => {{
+        let (key, since): (&str, Millis) = ($key, $since);
+        let first = sql::bucket_of(since);
+        let (count,): (i64,) = sqlx::query_as(sql::COUNT_HITS)
+            .bind(key)
+            .bind(first)
+            .bind(key)
+            .bind(since)
+            .bind((first + 1) * 1000)
+            .fetch_one($pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }};
+}
+pub(super) use count_hits;
 
 /// Jobs of finished events, each once by its idempotency key; `None` when there are none.
 pub(super) fn insert_jobs<'a, DB>(
@@ -240,7 +293,10 @@ macro_rules! finish_events {
                 .execute(&mut *tx)
                 .await?;
             if let Some(mut qb) = sql::insert_counter_hits::<$db>(chunk) {
-                qb.build().execute(&mut *tx).await?;
+                let stored: Vec<(String, Millis)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                if let Some(mut qb) = sql::add_to_buckets::<$db>(&stored) {
+                    qb.build().execute(&mut *tx).await?;
+                }
             }
             if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, now)? {
                 qb.build().execute(&mut *tx).await?;

@@ -169,13 +169,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM counter_hits WHERE key = ? AND at >= ?")
-                .bind(key)
-                .bind(since)
-                .fetch_one(&self.reader)
-                .await?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        sql::count_hits!(&self.reader, key, since)
     }
 
     async fn get_evaluation(

@@ -306,3 +306,58 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn windowed_counts_are_exact_across_second_buckets() {
+    for (name, store, _dir) in backends().await {
+        let batch: Vec<_> = (0..6).map(|i| new_event(json!({"w": i}), i)).collect();
+        let ids: Vec<i64> = store
+            .insert_events(&batch)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        let lease = Lease {
+            owner: "p".into(),
+            now: 1,
+            until: i64::MAX,
+        };
+        assert_eq!(
+            store.claim_events(&lease, 10).await.unwrap().len(),
+            6,
+            "{name}"
+        );
+        // Hits at 10.100 s, 10.900 s, 11.500 s, 12.000 s, 14.999 s and -0.5 s.
+        let times = [10_100, 10_900, 11_500, 12_000, 14_999, -500];
+        let results: Vec<Finished> = ids
+            .iter()
+            .zip(times)
+            .map(|(&id, at)| Finished {
+                counter_hits: vec![("k".into(), at)],
+                ..done(id)
+            })
+            .collect();
+        // In two transactions, so buckets are added to, not just created.
+        store.finish_events(&results[..3], "p", 1).await.unwrap();
+        store.finish_events(&results[3..], "p", 1).await.unwrap();
+        for (since, expected) in [
+            (i64::MIN / 2, 6),
+            (-500, 6),
+            (-499, 5),
+            (10_100, 5),
+            (10_101, 4),
+            (10_900, 4),
+            (10_901, 3),
+            (12_000, 2),
+            (12_001, 1),
+            (15_000, 0),
+        ] {
+            assert_eq!(
+                store.count_hits("k", since).await.unwrap(),
+                expected,
+                "{name}: since {since}"
+            );
+        }
+    }
+}
