@@ -309,3 +309,36 @@ macro_rules! finish_events {
     }};
 }
 pub(super) use finish_events;
+
+/// The reads both backends run with the same text (`$N` placeholders work in SQLite too):
+/// `fetch_one_row!(pool, RowType, SQL, bind)` gives `Option<Stored…>`,
+/// `fetch_rows!(pool, RowType, SQL, bind)` gives `Vec<Stored…>`.
+macro_rules! fetch_one_row {
+    ($pool:expr, $row:ty, $sql:expr, $bind:expr) => {{
+        let row: Option<$row> = sqlx::query_as($sql)
+            .bind($bind)
+            .fetch_optional($pool)
+            .await?;
+        row.map(<$row>::into_stored).transpose()
+    }};
+}
+pub(super) use fetch_one_row;
+
+macro_rules! fetch_rows {
+    ($pool:expr, $row:ty, $sql:expr, $bind:expr) => {{
+        let rows: Vec<$row> = sqlx::query_as($sql).bind($bind).fetch_all($pool).await?;
+        rows.into_iter().map(<$row>::into_stored).collect()
+    }};
+}
+pub(super) use fetch_rows;
+
+/// One event by id.
+pub(super) static GET_EVENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} WHERE e.id = $1", super::row::EVENT_SELECT));
+/// One event's evaluation.
+pub(super) static GET_EVALUATION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} WHERE event_id = $1", super::row::EVALUATION_SELECT));
+/// One event's jobs, in order.
+pub(super) static LIST_EVENT_JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{} WHERE event_id = $1 ORDER BY id", super::row::JOB_SELECT)
+});

@@ -4,7 +4,7 @@
 use super::{
     EventId, EventQuery, Finished, Inserted, Lease, Millis, NewEvent, Store, StoreError,
     StoredEvaluation, StoredEvent, StoredJob,
-    row::{EVALUATION_SELECT, EVENT_SELECT, EvaluationRow, EventRow, JOB_SELECT, JobRow},
+    row::{EVENT_SELECT, EvaluationRow, EventRow, JobRow},
     sql,
 };
 use async_trait::async_trait;
@@ -112,12 +112,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("{EVENT_SELECT} WHERE e.id = ?");
-        let row: Option<EventRow> = sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(EventRow::into_stored).transpose()
+        sql::fetch_one_row!(&self.reader, EventRow, sql::GET_EVENT.as_str(), id)
     }
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
@@ -176,21 +171,21 @@ impl Store for SqliteStore {
         &self,
         event_id: EventId,
     ) -> Result<Option<StoredEvaluation>, StoreError> {
-        let sql = format!("{EVALUATION_SELECT} WHERE event_id = ?");
-        let row: Option<EvaluationRow> = sqlx::query_as(&sql)
-            .bind(event_id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(EvaluationRow::into_stored).transpose()
+        sql::fetch_one_row!(
+            &self.reader,
+            EvaluationRow,
+            sql::GET_EVALUATION.as_str(),
+            event_id
+        )
     }
 
     async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
-        let sql = format!("{JOB_SELECT} WHERE event_id = ? ORDER BY id");
-        let rows: Vec<JobRow> = sqlx::query_as(&sql)
-            .bind(event_id)
-            .fetch_all(&self.reader)
-            .await?;
-        rows.into_iter().map(JobRow::into_stored).collect()
+        sql::fetch_rows!(
+            &self.reader,
+            JobRow,
+            sql::LIST_EVENT_JOBS.as_str(),
+            event_id
+        )
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -37,6 +37,12 @@ fn done_all(ids: &[i64]) -> Vec<Finished> {
     ids.iter().copied().map(done).collect()
 }
 
+/// Stores a batch and returns the ids.
+async fn insert_ids(store: &Arc<dyn Store>, batch: &[NewEvent]) -> Vec<i64> {
+    let inserted = store.insert_events(batch).await.unwrap();
+    inserted.iter().map(|i| i.id).collect()
+}
+
 fn new_event(body: serde_json::Value, received_at: i64) -> NewEvent {
     let text = body.to_string();
     let parsed = parse_body(text.as_bytes(), None).unwrap();
@@ -82,13 +88,7 @@ async fn insert_dedupes_within_and_across_batches() {
 async fn leases_hand_events_to_one_processor_until_they_expire() {
     for (name, store, _dir) in backends().await {
         let batch: Vec<_> = (0..5).map(|i| new_event(json!({"n": i}), i)).collect();
-        let ids: Vec<i64> = store
-            .insert_events(&batch)
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.id)
-            .collect();
+        let ids: Vec<i64> = insert_ids(&store, &batch).await;
         let lease = |owner: &str, now: i64| Lease {
             owner: owner.into(),
             now,
@@ -157,13 +157,7 @@ async fn list_filters_combine() {
             new_event(json!({"call_id": "x", "customer_phone": "2"}), 200),
             new_event(json!({"call_id": "y", "customer_phone": "1"}), 300),
         ];
-        let ids: Vec<i64> = store
-            .insert_events(&batch)
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.id)
-            .collect();
+        let ids: Vec<i64> = insert_ids(&store, &batch).await;
         let list = |q: EventQuery| {
             let store = store.clone();
             async move {
@@ -232,13 +226,7 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
         let batch: Vec<_> = (0..3)
             .map(|i| new_event(json!({"k": i}), 100 + i))
             .collect();
-        let ids: Vec<i64> = store
-            .insert_events(&batch)
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.id)
-            .collect();
+        let ids: Vec<i64> = insert_ids(&store, &batch).await;
         let lease = Lease {
             owner: "p".into(),
             now: 1_000,
@@ -311,13 +299,7 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
 async fn windowed_counts_are_exact_across_second_buckets() {
     for (name, store, _dir) in backends().await {
         let batch: Vec<_> = (0..6).map(|i| new_event(json!({"w": i}), i)).collect();
-        let ids: Vec<i64> = store
-            .insert_events(&batch)
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.id)
-            .collect();
+        let ids: Vec<i64> = insert_ids(&store, &batch).await;
         let lease = Lease {
             owner: "p".into(),
             now: 1,
