@@ -4,7 +4,7 @@
 //! restart, and an expired lease lets another processor (or instance) take over.
 
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
-use crate::store::{Finished, Lease, Millis, NewJob, Store, StoredEvent, now_millis};
+use crate::store::{Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent, now_millis};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -92,7 +92,7 @@ async fn process(
                 };
                 let evaluation = ruleset.evaluate(&event.event, &ctx);
                 counters.add(&evaluation);
-                finished(event.id, evaluation)
+                finished(event.id, event.received_at, evaluation)
             })
             .collect::<Vec<_>>()
     })
@@ -127,8 +127,9 @@ async fn process(
     }
 }
 
-/// The record of one event's evaluation, with a job for each action of each matching rule.
-pub fn finished(event_id: i64, evaluation: Evaluation) -> Finished {
+/// The record of one event's evaluation, with a job for each action of each matching rule and
+/// the throttles those rules asked for (applied at `evaluated_at`, the event's time).
+pub fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> Finished {
     let jobs = evaluation
         .matched()
         .flat_map(|verdict| {
@@ -144,8 +145,20 @@ pub fn finished(event_id: i64, evaluation: Evaluation) -> Finished {
                 })
         })
         .collect();
+    let throttles = evaluation
+        .matched()
+        .filter_map(|verdict| {
+            verdict.throttle.as_ref().map(|t| RuleThrottle {
+                rule: verdict.rule.clone(),
+                key: t.key.clone(),
+                window_ms: t.window_ms,
+                at: evaluated_at,
+            })
+        })
+        .collect();
     Finished {
         event_id,
+        throttles,
         ruleset_version: evaluation.ruleset_version.clone(),
         counter_hits: evaluation
             .counter_hits

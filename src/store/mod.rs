@@ -123,6 +123,19 @@ pub struct Finished {
     pub counter_hits: Vec<(String, Millis)>,
     /// The actions matching rules asked for.
     pub jobs: Vec<NewJob>,
+    /// Throttles of the rules that matched: a rule whose window for the key is still open gets
+    /// its jobs recorded as `suppressed`; otherwise the window opens (until `at + window_ms`).
+    pub throttles: Vec<RuleThrottle>,
+}
+
+/// A matched rule's throttle, as it applies to one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleThrottle {
+    pub rule: String,
+    pub key: String,
+    pub window_ms: Millis,
+    /// The event's time.
+    pub at: Millis,
 }
 
 /// An action to execute, as a matching rule asked for it.
@@ -163,6 +176,8 @@ pub struct StoredJob {
     pub kind: String,
     pub spec: serde_json::Value,
     pub status: String,
+    /// Why the job is in its status, e.g. the throttle that suppressed it.
+    pub note: Option<String>,
     pub created_at: Millis,
 }
 

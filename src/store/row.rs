@@ -107,7 +107,7 @@ impl EvaluationRow {
 
 /// The columns of a `jobs` row.
 pub(super) const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
-     kind, spec, status, created_at FROM jobs";
+     kind, spec, status, note, created_at FROM jobs";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
@@ -119,6 +119,7 @@ pub(super) struct JobRow {
     kind: String,
     spec: String,
     status: String,
+    note: Option<String>,
     created_at: Millis,
 }
 
@@ -136,6 +137,7 @@ impl JobRow {
                 message: e.to_string(),
             })?,
             status: self.status,
+            note: self.note,
             created_at: self.created_at,
         })
     }

@@ -205,14 +205,18 @@ macro_rules! count_hits {
 pub(super) use count_hits;
 
 /// Jobs of finished events, each once by its idempotency key; `None` when there are none.
+/// Jobs of the rules in `suppressed` (event id, rule → note) are recorded as `suppressed`.
 pub(super) fn insert_jobs<'a, DB>(
     finished: &'a [&'a Finished],
+    suppressed: &'a HashMap<(EventId, String), String>,
     now: Millis,
 ) -> Result<Option<QueryBuilder<'a, DB>>, StoreError>
 where
     DB: Database,
     &'a String: Encode<'a, DB> + Type<DB>,
     String: Encode<'a, DB> + Type<DB>,
+    Option<&'a String>: Encode<'a, DB> + Type<DB>,
+    &'a str: Encode<'a, DB> + Type<DB>,
     i64: Encode<'a, DB> + Type<DB>,
 {
     let mut jobs = Vec::new();
@@ -222,27 +226,41 @@ where
                 what: "job spec",
                 message: e.to_string(),
             })?;
-            jobs.push((job.idempotency_key(f.event_id), f.event_id, job, spec));
+            let note = suppressed.get(&(f.event_id, job.rule.clone()));
+            jobs.push((job.idempotency_key(f.event_id), f.event_id, job, spec, note));
         }
     }
     if jobs.is_empty() {
         return Ok(None);
     }
     let mut qb = QueryBuilder::new(
-        "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, created_at) ",
+        "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, status, \
+         note, created_at) ",
     );
-    qb.push_values(jobs, |mut row, (key, event_id, job, spec)| {
+    qb.push_values(jobs, |mut row, (key, event_id, job, spec, note)| {
         row.push_bind(key)
             .push_bind(event_id)
             .push_bind(&job.rule)
             .push_bind(i64::from(job.action_index))
             .push_bind(&job.kind)
             .push_bind(spec)
+            .push_bind::<&'a str>(if note.is_some() {
+                "suppressed"
+            } else {
+                "pending"
+            })
+            .push_bind(note)
             .push_bind(now);
     });
     qb.push(" ON CONFLICT (idempotency_key) DO NOTHING");
     Ok(Some(qb))
 }
+
+/// Opens a rule's throttle window for a key unless one is open: returns a row only when the
+/// window was (re)opened, i.e. when the rule's actions go ahead. Binds: rule, key, until, at.
+pub(super) const OPEN_THROTTLE: &str = "INSERT INTO throttles (rule, key, until) VALUES ($1, $2, $3) \
+     ON CONFLICT (rule, key) DO UPDATE SET until = excluded.until WHERE throttles.until <= $4 \
+     RETURNING until";
 
 /// The JSON text of each finished event's evaluation record.
 pub(super) fn record_texts(finished: &[&Finished]) -> Result<Vec<String>, StoreError> {
@@ -298,7 +316,29 @@ macro_rules! finish_events {
                     qb.build().execute(&mut *tx).await?;
                 }
             }
-            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, now)? {
+            // Throttles apply in event order, so a later event of the batch sees an earlier one's.
+            let mut suppressed = std::collections::HashMap::new();
+            for f in chunk {
+                for t in &f.throttles {
+                    let opened: Option<(i64,)> = sqlx::query_as(sql::OPEN_THROTTLE)
+                        .bind(&t.rule)
+                        .bind(&t.key)
+                        .bind(t.at.saturating_add(t.window_ms))
+                        .bind(t.at)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if opened.is_none() {
+                        suppressed.insert(
+                            (f.event_id, t.rule.clone()),
+                            format!(
+                                "throttled: `{}` already acted for key `{}` within its window",
+                                t.rule, t.key
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, &suppressed, now)? {
                 qb.build().execute(&mut *tx).await?;
             }
         }

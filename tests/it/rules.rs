@@ -723,3 +723,60 @@ fn check_try_and_test_commands() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.starts_with("bad.rhai:3:1: "), "{out}");
 }
+
+#[tokio::test]
+async fn a_throttled_rule_records_repeats_as_suppressed() {
+    let server = TestServer::start_with(|config| {
+        config.rules_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    })
+    .await;
+    let mut traces = Vec::new();
+    for conversation in [1, 2] {
+        let (_, ack) = server
+            .post(
+                sample_with_id("abandoned-long-wait.json", conversation),
+                None,
+            )
+            .await;
+        let path = format!("/v1/events/{}", ack["id"]);
+        traces.push(
+            eventually(
+                Duration::from_secs(10),
+                "the event to be processed",
+                || async {
+                    let (_, event) = server.admin_get(&path).await;
+                    (event["state"] == "processed").then_some(event)
+                },
+            )
+            .await,
+        );
+    }
+    let statuses = |trace: &serde_json::Value, rule: &str| -> Vec<String> {
+        trace["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["rule"] == rule)
+            .map(|j| j["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // abandoned-in-queue throttles per phone for 30 minutes; vip-missed has no throttle.
+    assert_eq!(
+        statuses(&traces[0], "abandoned-in-queue"),
+        ["pending", "pending"]
+    );
+    assert_eq!(
+        statuses(&traces[1], "abandoned-in-queue"),
+        ["suppressed", "suppressed"]
+    );
+    assert_eq!(statuses(&traces[1], "vip-missed"), ["pending"]);
+    let note = traces[1]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["status"] == "suppressed")
+        .unwrap()["note"]
+        .clone();
+    assert!(note.as_str().unwrap().contains("13800138000"), "{note}");
+    server.stop().await;
+}

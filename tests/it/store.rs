@@ -4,7 +4,7 @@ use serde_json::json;
 use std::sync::Arc;
 use switchboard::event::{decode, dedupe_key, parse_body};
 use switchboard::store::{
-    self, EventQuery, Finished, Lease, NewEvent, NewJob, ProcessingState, Store,
+    self, EventQuery, Finished, Lease, NewEvent, NewJob, ProcessingState, RuleThrottle, Store,
 };
 
 /// Each backend under test, freshly created: a SQLite file, and a PostgreSQL database.
@@ -30,6 +30,7 @@ fn done(event_id: i64) -> Finished {
         record: json!({"verdicts": []}),
         counter_hits: Vec::new(),
         jobs: Vec::new(),
+        throttles: Vec::new(),
     }
 }
 
@@ -341,5 +342,64 @@ async fn windowed_counts_are_exact_across_second_buckets() {
                 "{name}: since {since}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn throttles_suppress_repeats_within_the_window() {
+    for (name, store, _dir) in backends().await {
+        let batch: Vec<_> = (0..5).map(|i| new_event(json!({"t": i}), i)).collect();
+        let ids = insert_ids(&store, &batch).await;
+        let lease = Lease {
+            owner: "p".into(),
+            now: 1,
+            until: i64::MAX,
+        };
+        assert_eq!(
+            store.claim_events(&lease, 10).await.unwrap().len(),
+            5,
+            "{name}"
+        );
+        let throttled = |id: i64, key: &str, at: i64| Finished {
+            jobs: vec![NewJob {
+                rule: "r".into(),
+                action_index: 0,
+                kind: "callback_task".into(),
+                spec: json!({"kind": "callback_task", "phone": key}),
+            }],
+            throttles: vec![RuleThrottle {
+                rule: "r".into(),
+                key: key.into(),
+                window_ms: 1_000,
+                at,
+            }],
+            ..done(id)
+        };
+        // Two events in one batch: the second is inside the first's window.
+        let first = vec![throttled(ids[0], "k", 100), throttled(ids[1], "k", 500)];
+        store.finish_events(&first, "p", 1).await.unwrap();
+        // Later batches: another key; the same key after the window closed; and inside the new one.
+        let later = vec![
+            throttled(ids[2], "other", 600),
+            throttled(ids[3], "k", 1_100),
+            throttled(ids[4], "k", 1_500),
+        ];
+        store.finish_events(&later, "p", 1).await.unwrap();
+        let mut statuses = Vec::new();
+        for id in &ids {
+            let jobs = store.list_event_jobs(*id).await.unwrap();
+            statuses.push(jobs[0].status.clone());
+            if jobs[0].status == "suppressed" {
+                assert!(
+                    jobs[0].note.as_deref().unwrap().contains("throttled"),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(
+            statuses,
+            ["pending", "suppressed", "pending", "pending", "suppressed"],
+            "{name}"
+        );
     }
 }
