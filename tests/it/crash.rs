@@ -52,17 +52,7 @@ async fn kill_9_after_the_last_ack_loses_nothing() {
     let admin = |path: String| {
         let client = client.clone();
         let url = server.url(&path);
-        async move {
-            json_response(
-                client
-                    .get(url)
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
+        async move { send(client.get(url).bearer_auth(ADMIN_TOKEN)).await }
     };
     for (n, id) in &acked {
         let (status, stored) = admin(format!("/v1/events/{id}")).await;

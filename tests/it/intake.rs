@@ -441,7 +441,7 @@ async fn bad_and_odd_inputs_get_clear_answers_and_the_service_stays_healthy() {
         if let Some(ct) = case.content_type {
             request = request.header("content-type", ct);
         }
-        let (status, body) = json_response(request.send().await.unwrap()).await;
+        let (status, body) = send(request).await;
         assert_eq!(status.as_u16(), case.status, "{}: {body}", case.name);
         if case.status >= 400 {
             assert_eq!(body["error"], case.expect.unwrap(), "{}: {body}", case.name);
@@ -498,15 +498,7 @@ async fn bad_and_odd_inputs_get_clear_answers_and_the_service_stays_healthy() {
         }
     }
     // Still healthy, and still accepting.
-    let (status, _) = json_response(
-        server
-            .client
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = send(server.client.get(server.url("/healthz"))).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = server.post(sample("abandoned-long-wait.json"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -516,26 +508,10 @@ async fn bad_and_odd_inputs_get_clear_answers_and_the_service_stays_healthy() {
 #[tokio::test]
 async fn unknown_paths_and_methods_get_json_errors() {
     let server = TestServer::start().await;
-    let (status, body) = json_response(
-        server
-            .client
-            .get(server.url("/v1/notifications"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = send(server.client.get(server.url("/v1/notifications"))).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"], "method_not_allowed");
-    let (status, body) = json_response(
-        server
-            .client
-            .post(server.url("/v1/nope"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = send(server.client.post(server.url("/v1/nope"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");
     assert!(body["message"].as_str().unwrap().contains("/v1/nope"));
@@ -702,7 +678,7 @@ async fn admin_api_rejects_bad_parameters_and_tokens() {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let (status, body) = json_response(request.send().await.unwrap()).await;
+        let (status, body) = send(request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
         assert_eq!(body["error"], "unauthorized");
     }

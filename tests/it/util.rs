@@ -194,6 +194,11 @@ impl TestServer {
     }
 }
 
+/// Sends a request and reads its JSON answer.
+pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    json_response(request.send().await.unwrap()).await
+}
+
 pub async fn json_response(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
