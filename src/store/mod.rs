@@ -179,6 +179,51 @@ pub struct StoredJob {
     /// Why the job is in its status, e.g. the throttle that suppressed it.
     pub note: Option<String>,
     pub created_at: Millis,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// When the job is next due (pending and retrying jobs).
+    pub next_attempt_at: Millis,
+    /// When it ended (done or dead).
+    pub finished_at: Option<Millis>,
+}
+
+/// Job statuses, as stored.
+pub mod job_status {
+    pub const PENDING: &str = "pending";
+    pub const RETRYING: &str = "retrying";
+    pub const DONE: &str = "done";
+    pub const DEAD: &str = "dead";
+    pub const SUPPRESSED: &str = "suppressed";
+}
+
+/// One delivery attempt, as the worker saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    /// `success`, `transient` or `permanent`.
+    pub outcome: String,
+    /// HTTP status or SMTP reply code, when there was one.
+    pub code: Option<i64>,
+    /// The error or reply text.
+    pub detail: Option<String>,
+}
+
+/// What happens to a job after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobNext {
+    Done,
+    RetryAt(Millis),
+    /// Dead-lettered: kept, listed, and retried only by an operator.
+    Dead,
+}
+
+/// An attempt as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredAttempt {
+    pub attempt: i64,
+    #[serde(flatten)]
+    pub record: AttemptRecord,
 }
 
 /// Filters for listing events, newest first. All given filters must hold.
@@ -244,6 +289,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The jobs an event's evaluation produced, in order.
     async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError>;
+
+    /// Claims up to `limit` jobs of `kind` that are due (pending or retrying, `next_attempt_at`
+    /// reached) and not leased by a live worker, earliest due first.
+    async fn claim_jobs(
+        &self,
+        lease: &Lease,
+        kind: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError>;
+
+    /// Records an attempt of a claimed job and what happens next, in one transaction. Returns
+    /// false (and records nothing) when `owner` no longer holds the job's lease.
+    async fn record_attempt(
+        &self,
+        job_id: i64,
+        owner: &str,
+        attempt: &AttemptRecord,
+        next: JobNext,
+    ) -> Result<bool, StoreError>;
+
+    /// A job's attempts, in order.
+    async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

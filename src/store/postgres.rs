@@ -2,9 +2,9 @@
 //! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
 
 use super::{
-    EventId, EventQuery, Finished, Inserted, Lease, Millis, NewEvent, Store, StoreError,
-    StoredEvaluation, StoredEvent, StoredJob,
-    row::{EVENT_SELECT, EvaluationRow, EventRow, JobRow},
+    AttemptRecord, EventId, EventQuery, Finished, Inserted, JobNext, Lease, Millis, NewEvent,
+    Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent, StoredJob,
+    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow},
     sql,
 };
 use async_trait::async_trait;
@@ -151,6 +151,51 @@ impl Store for PostgresStore {
 
     async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
         sql::fetch_rows!(&self.pool, JobRow, sql::LIST_EVENT_JOBS.as_str(), event_id)
+    }
+
+    async fn claim_jobs(
+        &self,
+        lease: &Lease,
+        kind: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        let claimed: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM jobs \
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $3 \
+             AND lease_until < $3 AND kind = $4 ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .bind(&lease.owner)
+        .bind(lease.until)
+        .bind(lease.now)
+        .bind(kind)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
+        sql::jobs_by_id!(Postgres, &self.pool, &ids)
+    }
+
+    async fn record_attempt(
+        &self,
+        job_id: i64,
+        owner: &str,
+        attempt: &AttemptRecord,
+        next: JobNext,
+    ) -> Result<bool, StoreError> {
+        sql::record_attempt!(self.pool, job_id, owner, attempt, next)
+    }
+
+    async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
+        sql::fetch_rows!(
+            &self.pool,
+            AttemptRow,
+            sql::LIST_JOB_ATTEMPTS.as_str(),
+            job_id
+        )
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

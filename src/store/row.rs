@@ -2,7 +2,8 @@
 //! rows), and its conversion to [`StoredEvent`].
 
 use super::{
-    Millis, NewEvent, ProcessingState, StoreError, StoredEvaluation, StoredEvent, StoredJob,
+    AttemptRecord, Millis, NewEvent, ProcessingState, StoreError, StoredAttempt, StoredEvaluation,
+    StoredEvent, StoredJob,
 };
 
 /// The select list and joins of every event query, in [`EventRow`]'s order. Callers append
@@ -107,7 +108,7 @@ impl EvaluationRow {
 
 /// The columns of a `jobs` row.
 pub(super) const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
-     kind, spec, status, note, created_at FROM jobs";
+     kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at FROM jobs";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
@@ -121,6 +122,9 @@ pub(super) struct JobRow {
     status: String,
     note: Option<String>,
     created_at: Millis,
+    attempts: i64,
+    next_attempt_at: Millis,
+    finished_at: Option<Millis>,
 }
 
 impl JobRow {
@@ -139,6 +143,38 @@ impl JobRow {
             status: self.status,
             note: self.note,
             created_at: self.created_at,
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+/// The columns of a `job_attempts` row.
+pub(super) const ATTEMPT_SELECT: &str = "SELECT attempt, started_at, duration_ms, outcome, code, \
+     detail FROM job_attempts";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    attempt: i64,
+    started_at: Millis,
+    duration_ms: i64,
+    outcome: String,
+    code: Option<i64>,
+    detail: Option<String>,
+}
+
+impl AttemptRow {
+    pub(super) fn into_stored(self) -> Result<StoredAttempt, StoreError> {
+        Ok(StoredAttempt {
+            attempt: self.attempt,
+            record: AttemptRecord {
+                started_at: self.started_at,
+                duration_ms: self.duration_ms,
+                outcome: self.outcome,
+                code: self.code,
+                detail: self.detail,
+            },
         })
     }
 }

@@ -382,3 +382,76 @@ pub(super) static GET_EVALUATION: std::sync::LazyLock<String> =
 pub(super) static LIST_EVENT_JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("{} WHERE event_id = $1 ORDER BY id", super::row::JOB_SELECT)
 });
+
+/// A job's attempts, in order.
+pub(super) static LIST_JOB_ATTEMPTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} WHERE job_id = $1 ORDER BY attempt",
+        super::row::ATTEMPT_SELECT
+    )
+});
+
+/// Jobs by id (after a claim), earliest due first. Bind: the ids.
+macro_rules! jobs_by_id {
+    ($db:ty, $pool:expr, $ids:expr) => {{
+        let ids: &[i64] = $ids;
+        let mut qb: QueryBuilder<$db> =
+            QueryBuilder::new(format!("{} WHERE id IN (", super::row::JOB_SELECT));
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(") ORDER BY next_attempt_at, id");
+        let rows: Vec<super::row::JobRow> = qb.build_query_as().fetch_all($pool).await?;
+        rows.into_iter()
+            .map(super::row::JobRow::into_stored)
+            .collect()
+    }};
+}
+pub(super) use jobs_by_id;
+
+/// The body of `Store::record_attempt`, the same on both backends.
+macro_rules! record_attempt {
+    ($pool:expr, $job_id:expr, $owner:expr, $attempt:expr, $next:expr) => {{
+        let (job_id, owner, attempt, next): (i64, &str, &super::AttemptRecord, super::JobNext) =
+            ($job_id, $owner, $attempt, $next);
+        let ended = attempt.started_at + attempt.duration_ms;
+        let (status, next_at, finished_at) = match next {
+            super::JobNext::Done => (super::job_status::DONE, 0, Some(ended)),
+            super::JobNext::RetryAt(at) => (super::job_status::RETRYING, at, None),
+            super::JobNext::Dead => (super::job_status::DEAD, 0, Some(ended)),
+        };
+        let mut tx = $pool.begin().await?;
+        let updated: Option<(i64,)> = sqlx::query_as(
+            "UPDATE jobs SET attempts = attempts + 1, status = $1, next_attempt_at = $2, \
+             finished_at = $3, lease_owner = NULL, lease_until = 0 \
+             WHERE id = $4 AND lease_owner = $5 RETURNING attempts",
+        )
+        .bind(status)
+        .bind(next_at)
+        .bind(finished_at)
+        .bind(job_id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((number,)) = updated else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, attempt, started_at, duration_ms, outcome, code, \
+             detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(job_id)
+        .bind(number)
+        .bind(attempt.started_at)
+        .bind(attempt.duration_ms)
+        .bind(&attempt.outcome)
+        .bind(attempt.code)
+        .bind(&attempt.detail)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }};
+}
+pub(super) use record_attempt;

@@ -403,3 +403,171 @@ async fn throttles_suppress_repeats_within_the_window() {
         );
     }
 }
+
+#[tokio::test]
+async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
+    use switchboard::store::{AttemptRecord, JobNext};
+    for (name, store, _dir) in backends().await {
+        let batch: Vec<_> = (0..2).map(|i| new_event(json!({"j": i}), i)).collect();
+        let ids = insert_ids(&store, &batch).await;
+        let lease = |owner: &str, now: i64| Lease {
+            owner: owner.into(),
+            now,
+            until: now + 1_000,
+        };
+        store.claim_events(&lease("p", 1), 10).await.unwrap();
+        let job = |kind: &str, index: u32| NewJob {
+            rule: "r".into(),
+            action_index: index,
+            kind: kind.into(),
+            spec: json!({"kind": kind}),
+        };
+        let results = vec![
+            Finished {
+                jobs: vec![job("webhook", 0), job("email", 1)],
+                ..done(ids[0])
+            },
+            Finished {
+                jobs: vec![job("webhook", 0)],
+                ..done(ids[1])
+            },
+        ];
+        store.finish_events(&results, "p", 1).await.unwrap();
+
+        let claimed = store
+            .claim_jobs(&lease("w1", 10), "webhook", 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2, "{name}");
+        assert!(
+            claimed
+                .iter()
+                .all(|j| j.kind == "webhook" && j.attempts == 0),
+            "{name}"
+        );
+        assert!(
+            store
+                .claim_jobs(&lease("w2", 11), "webhook", 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "leased: {name}"
+        );
+        let attempt = |outcome: &str, code| AttemptRecord {
+            started_at: 20,
+            duration_ms: 5,
+            outcome: outcome.into(),
+            code,
+            detail: Some("HTTP 503".into()),
+        };
+        // First job: fails, due again at 500; a stale worker cannot record it.
+        let (a, b) = (claimed[0].id, claimed[1].id);
+        assert!(
+            !store
+                .record_attempt(
+                    a,
+                    "w2",
+                    &attempt("transient", Some(503)),
+                    JobNext::RetryAt(500)
+                )
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            store
+                .record_attempt(
+                    a,
+                    "w1",
+                    &attempt("transient", Some(503)),
+                    JobNext::RetryAt(500)
+                )
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            store
+                .record_attempt(b, "w1", &attempt("success", Some(204)), JobNext::Done)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store
+                .record_attempt(b, "w1", &attempt("success", Some(204)), JobNext::Done)
+                .await
+                .unwrap(),
+            "recorded twice: {name}"
+        );
+        assert!(
+            store
+                .claim_jobs(&lease("w2", 499), "webhook", 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet: {name}"
+        );
+        let again = store
+            .claim_jobs(&lease("w2", 500), "webhook", 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|j| (j.id, j.attempts, j.status.as_str()))
+                .collect::<Vec<_>>(),
+            [(a, 1, "retrying")],
+            "{name}"
+        );
+        assert!(
+            store
+                .record_attempt(a, "w2", &attempt("permanent", Some(404)), JobNext::Dead)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+
+        let jobs = store.list_event_jobs(ids[0]).await.unwrap();
+        let webhook = jobs.iter().find(|j| j.id == a).unwrap();
+        assert_eq!(
+            (
+                webhook.status.as_str(),
+                webhook.attempts,
+                webhook.finished_at
+            ),
+            ("dead", 2, Some(25)),
+            "{name}"
+        );
+        let attempts = store.list_job_attempts(a).await.unwrap();
+        let summary: Vec<_> = attempts
+            .iter()
+            .map(|t| (t.attempt, t.record.outcome.as_str(), t.record.code))
+            .collect();
+        assert_eq!(
+            summary,
+            [(1, "transient", Some(503)), (2, "permanent", Some(404))],
+            "{name}"
+        );
+        // Other kinds are claimed separately: one dead webhook target holds up no email.
+        assert_eq!(
+            store
+                .claim_jobs(&lease("m", 600), "email", 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
+        // A worker that died: its lease expires and another takes the job.
+        assert_eq!(
+            store
+                .claim_jobs(&lease("m2", 1_601), "email", 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
+    }
+}
