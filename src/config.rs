@@ -1,7 +1,10 @@
 //! Service configuration: one [`Config`], built from defaults, then a TOML file (`--config`), then
 //! environment variables (`SWITCHBOARD_*`), then command-line flags, and validated once.
 
+use crate::delivery::retry::Schedule;
+use crate::delivery::signing::WebhookKey;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,31 @@ pub struct Config {
     pub processing_poll: Duration,
     /// Values rules read with `setting("name")`, e.g. a supervisor's address (`[rule_settings]`).
     pub rule_settings: crate::rules::RuleSettings,
+    /// Named webhook targets rules refer to (`[webhooks.NAME]`).
+    pub webhook_targets: BTreeMap<String, WebhookTarget>,
+    /// URL prefixes a rule may post to directly with `webhook(#{ url })`.
+    pub webhook_url_allowlist: Vec<String>,
+    /// Allow every target to resolve to loopback, private or link-local addresses (tests, local
+    /// development). Off: only targets with `allow_private = true` may.
+    pub allow_private_targets: bool,
+    /// Delays between delivery attempts; after the last, a job is dead-lettered.
+    pub retry_schedule: Schedule,
+}
+
+/// A webhook target: where a rule's `webhook(#{ target: "NAME" })` goes.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub url: Secret,
+    /// HTTP method (default POST).
+    pub method: String,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Per-attempt timeout (default 10 s).
+    pub timeout: Duration,
+    /// Standard Webhooks signing secret (`whsec_…`); requests are signed when set.
+    pub secret: Option<WebhookKey>,
+    /// May resolve to loopback, private or link-local addresses (SSRF guard off for it).
+    pub allow_private: bool,
 }
 
 impl Config {
@@ -87,6 +115,10 @@ impl Config {
             processing_lease: Duration::from_secs(30),
             processing_poll: Duration::from_secs(1),
             rule_settings: Default::default(),
+            webhook_targets: BTreeMap::new(),
+            webhook_url_allowlist: Vec::new(),
+            allow_private_targets: false,
+            retry_schedule: Schedule::default(),
         }
     }
 
@@ -262,6 +294,32 @@ struct FileConfig {
     processing_lease_secs: Option<u64>,
     processing_poll_ms: Option<u64>,
     rule_settings: Option<crate::rules::RuleSettings>,
+    webhooks: Option<BTreeMap<String, WebhookTargetFile>>,
+    delivery: Option<DeliveryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookTargetFile {
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    timeout_secs: Option<u64>,
+    secret: Option<String>,
+    #[serde(default)]
+    allow_private: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryFile {
+    /// Delays such as `["5s", "5m", "30m"]`.
+    retry_schedule: Option<Vec<String>>,
+    #[serde(default)]
+    webhook_url_allowlist: Vec<String>,
+    #[serde(default)]
+    allow_private_targets: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +383,42 @@ impl FileConfig {
         }
         if let Some(vars) = self.rule_settings {
             config.rule_settings = vars;
+        }
+        for (name, target) in self.webhooks.unwrap_or_default() {
+            let secret = target
+                .secret
+                .map(|s| WebhookKey::parse(&s))
+                .transpose()
+                .map_err(|e| {
+                    ConfigError::invalid("webhooks.*.secret", format!("target `{name}`: {e}"))
+                })?;
+            let method = target
+                .method
+                .unwrap_or_else(|| "POST".into())
+                .to_ascii_uppercase();
+            config.webhook_targets.insert(
+                name,
+                WebhookTarget {
+                    url: Secret::new(target.url),
+                    method,
+                    headers: target.headers,
+                    timeout: Duration::from_secs(target.timeout_secs.unwrap_or(10)),
+                    secret,
+                    allow_private: target.allow_private,
+                },
+            );
+        }
+        if let Some(delivery) = self.delivery {
+            if let Some(delays) = delivery.retry_schedule {
+                let delays = delays
+                    .iter()
+                    .map(|d| crate::rules::stdlib::parse_duration(d))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ConfigError::invalid("delivery.retry_schedule", e))?;
+                config.retry_schedule = Schedule { delays };
+            }
+            config.webhook_url_allowlist = delivery.webhook_url_allowlist;
+            config.allow_private_targets = delivery.allow_private_targets;
         }
         Ok(())
     }
@@ -412,5 +506,22 @@ mod tests {
         assert_eq!(config.ingest_tokens.len(), 2);
         let debug = format!("{config:?}");
         assert!(!debug.contains("tok-1"), "{debug}");
+    }
+}
+
+#[cfg(test)]
+mod example_config {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/switchboard.toml");
+        let config = Config::load(&ServeArgs::default(), Some(&path)).unwrap();
+        assert!(config.webhook_targets["chat"].secret.is_some());
+        assert_eq!(
+            config.rule_settings["supervisor_email"],
+            "supervisor@example.com"
+        );
+        assert_eq!(config.retry_schedule, Schedule::default());
     }
 }

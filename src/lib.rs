@@ -43,6 +43,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the HTTP client could not be set up: {0}")]
+    Http(String),
 }
 
 /// Logs the loaded rule set, and every rule that does not compile.
@@ -94,6 +96,7 @@ pub async fn run(
         }
     });
     let committed = Arc::new(Notify::new());
+    let jobs_ready = Arc::new(Notify::new());
     let (committer, commit_task) =
         committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
     let stop_processing = CancellationToken::new();
@@ -101,6 +104,7 @@ pub async fn run(
         store.clone(),
         rules.clone(),
         committed,
+        jobs_ready.clone(),
         processor::ProcessorConfig {
             owner: processor::owner_id(),
             batch: 64,
@@ -109,6 +113,32 @@ pub async fn run(
             settle: std::time::Duration::from_millis(10),
         },
         stop_processing.clone(),
+    ));
+
+    let stop_delivery = CancellationToken::new();
+    let longest_timeout = config
+        .webhook_targets
+        .values()
+        .map(|t| t.timeout)
+        .max()
+        .unwrap_or_default();
+    let webhook_task = tokio::spawn(delivery::worker::run_webhooks(
+        store.clone(),
+        delivery::worker::WebhookSettings {
+            targets: Arc::new(config.webhook_targets.clone()),
+            allowlist: Arc::new(config.webhook_url_allowlist.clone()),
+            allow_private: config.allow_private_targets,
+            schedule: Arc::new(config.retry_schedule.clone()),
+        },
+        delivery::webhook::Clients::new().map_err(|e| ServeError::Http(e.to_string()))?,
+        jobs_ready,
+        delivery::worker::WorkerConfig {
+            owner: processor::owner_id(),
+            batch: 64,
+            lease: config.processing_lease.max(longest_timeout * 2),
+            poll: config.processing_poll,
+        },
+        stop_delivery.clone(),
     ));
 
     if config.ingest_tokens.is_empty() {
@@ -140,6 +170,8 @@ pub async fn run(
     let _ = commit_task.await;
     stop_processing.cancel();
     let _ = processor_task.await;
+    stop_delivery.cancel();
+    let _ = webhook_task.await;
     store.close().await;
     tracing::info!("store closed");
     Ok(served?)

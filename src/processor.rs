@@ -31,6 +31,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     wake: Arc<Notify>,
+    jobs_ready: Arc<Notify>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
 ) {
@@ -45,7 +46,9 @@ pub async fn run(
         match store.claim_events(&lease, config.batch).await {
             Ok(events) if !events.is_empty() => {
                 let full = events.len() == config.batch as usize;
-                process(&store, &rules, &config.owner, events).await;
+                if process(&store, &rules, &config.owner, events).await {
+                    jobs_ready.notify_one();
+                }
                 if full {
                     continue; // more is waiting
                 }
@@ -68,13 +71,13 @@ pub async fn run(
 
 /// Evaluates a batch of claimed events (on a blocking thread: evaluation is CPU work and reads
 /// counters synchronously) and records every evaluation, with its counter hits and jobs, in the
-/// one transaction that finishes the batch.
+/// one transaction that finishes the batch. Returns whether new jobs were recorded.
 async fn process(
     store: &Arc<dyn Store>,
     rules: &Arc<Rules>,
     owner: &str,
     events: Vec<StoredEvent>,
-) {
+) -> bool {
     let count = events.len();
     let (store2, rules) = (store.clone(), rules.clone());
     let handle = tokio::runtime::Handle::current();
@@ -101,7 +104,7 @@ async fn process(
         Ok(results) => results,
         Err(error) => {
             tracing::error!(%error, events = count, "evaluation task failed; the events will be retried after the lease");
-            return;
+            return false;
         }
     };
     for result in &results {
@@ -120,9 +123,11 @@ async fn process(
                 );
             }
             tracing::debug!(events = finished.len(), "events processed");
+            results.iter().any(|r| !r.jobs.is_empty())
         }
         Err(error) => {
-            tracing::error!(%error, events = count, "recording processing failed; will retry after the lease")
+            tracing::error!(%error, events = count, "recording processing failed; will retry after the lease");
+            false
         }
     }
 }

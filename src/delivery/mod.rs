@@ -4,3 +4,5 @@
 pub mod email;
 pub mod retry;
 pub mod signing;
+pub mod webhook;
+pub mod worker;

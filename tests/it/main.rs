@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod crash;
+mod delivery;
 mod intake;
 mod props;
 mod rules;
