@@ -122,15 +122,19 @@ pub async fn run(
         .map(|t| t.timeout)
         .max()
         .unwrap_or_default();
-    let webhook_task = tokio::spawn(delivery::worker::run_webhooks(
-        store.clone(),
-        delivery::worker::WebhookSettings {
+    let webhooks = delivery::worker::WebhookDeliverer {
+        store: store.clone(),
+        settings: delivery::worker::WebhookSettings {
             targets: Arc::new(config.webhook_targets.clone()),
             allowlist: Arc::new(config.webhook_url_allowlist.clone()),
             allow_private: config.allow_private_targets,
-            schedule: Arc::new(config.retry_schedule.clone()),
         },
-        delivery::webhook::Clients::new().map_err(|e| ServeError::Http(e.to_string()))?,
+        clients: delivery::webhook::Clients::new().map_err(|e| ServeError::Http(e.to_string()))?,
+    };
+    let webhook_task = tokio::spawn(delivery::worker::run(
+        store.clone(),
+        Arc::new(webhooks),
+        Arc::new(config.retry_schedule.clone()),
         jobs_ready,
         delivery::worker::WorkerConfig {
             owner: processor::owner_id(),

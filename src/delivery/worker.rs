@@ -1,7 +1,8 @@
 //! The delivery worker: claims due jobs of one kind under a lease, runs them concurrently (a slow
 //! target holds up only its own job), and records every attempt with what happens next: done,
 //! retry at a time from the schedule, or dead-lettered. A job whose worker died is taken over
-//! when its lease expires; a job is recorded once, by the worker that holds it.
+//! when its lease expires; a job is recorded once, by the worker that holds it. Each kind has its
+//! own worker, so a dead mail server holds up no webhook.
 
 use super::retry::{AttemptResult, Decision, Schedule, decide};
 use super::webhook::{self, Clients, WebhookContext};
@@ -14,13 +15,45 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// What the webhook worker needs from the configuration.
+/// Runs one attempt of a job of one kind.
+#[async_trait::async_trait]
+pub trait Deliver: Send + Sync + 'static {
+    /// The job kind this deliverer runs (`webhook`, `email`).
+    fn kind(&self) -> &'static str;
+    /// One attempt: its result, and the HTTP status or SMTP code when there was one.
+    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>);
+}
+
+/// What the webhook deliverer needs from the configuration.
 #[derive(Clone)]
 pub struct WebhookSettings {
     pub targets: Arc<BTreeMap<String, WebhookTarget>>,
     pub allowlist: Arc<Vec<String>>,
     pub allow_private: bool,
-    pub schedule: Arc<Schedule>,
+}
+
+/// Delivers `webhook` jobs.
+pub struct WebhookDeliverer {
+    pub store: Arc<dyn Store>,
+    pub settings: WebhookSettings,
+    pub clients: Clients,
+}
+
+#[async_trait::async_trait]
+impl Deliver for WebhookDeliverer {
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
+    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
+        match build_request(&self.store, &self.settings, job, now_millis()).await {
+            Ok(request) => {
+                let sent = webhook::send(&self.clients, &request).await;
+                (sent.result, sent.code)
+            }
+            Err(result) => (result, None),
+        }
+    }
 }
 
 /// How a worker claims work.
@@ -33,11 +66,11 @@ pub struct WorkerConfig {
     pub poll: Duration,
 }
 
-/// Runs the webhook worker until `shutdown`, finishing the attempts in hand first.
-pub async fn run_webhooks(
+/// Runs a worker for `deliver`'s kind until `shutdown`, finishing the attempts in hand first.
+pub async fn run(
     store: Arc<dyn Store>,
-    settings: WebhookSettings,
-    clients: Clients,
+    deliver: Arc<dyn Deliver>,
+    schedule: Arc<Schedule>,
     wake: Arc<Notify>,
     config: WorkerConfig,
     shutdown: CancellationToken,
@@ -50,19 +83,18 @@ pub async fn run_webhooks(
             now,
             until: now.saturating_add(lease_ms),
         };
-        match store.claim_jobs(&lease, "webhook", config.batch).await {
+        match store.claim_jobs(&lease, deliver.kind(), config.batch).await {
             Ok(jobs) if !jobs.is_empty() => {
                 let mut running = tokio::task::JoinSet::new();
                 for job in jobs {
-                    let (store, settings, clients, owner) = (
+                    let (store, deliver, schedule, owner) = (
                         store.clone(),
-                        settings.clone(),
-                        clients.clone(),
+                        deliver.clone(),
+                        schedule.clone(),
                         config.owner.clone(),
                     );
                     running.spawn(async move {
-                        let (attempt, next) =
-                            deliver_webhook(&store, &settings, &clients, &job).await;
+                        let (attempt, next) = attempt_job(&*deliver, &schedule, &job).await;
                         record(&*store, &job, &owner, &attempt, next).await;
                     });
                 }
@@ -70,7 +102,9 @@ pub async fn run_webhooks(
                 continue;
             }
             Ok(_) => {}
-            Err(error) => tracing::error!(%error, "claiming webhook jobs failed; will retry"),
+            Err(error) => {
+                tracing::error!(%error, kind = deliver.kind(), "claiming jobs failed; will retry")
+            }
         }
         tokio::select! {
             _ = wake.notified() => {}
@@ -111,25 +145,18 @@ async fn record(
     }
 }
 
-/// One attempt of a webhook job: its record, and what happens next.
-pub async fn deliver_webhook(
-    store: &Arc<dyn Store>,
-    settings: &WebhookSettings,
-    clients: &Clients,
+/// One attempt of a job: its record, and what happens next.
+async fn attempt_job(
+    deliver: &dyn Deliver,
+    schedule: &Schedule,
     job: &StoredJob,
 ) -> (AttemptRecord, JobNext) {
     let started_at = now_millis();
     let clock = Instant::now();
-    let (result, code) = match build_request(store, settings, job, started_at).await {
-        Ok(request) => {
-            let sent = webhook::send(clients, &request).await;
-            (sent.result, sent.code)
-        }
-        Err(result) => (result, None),
-    };
+    let (result, code) = deliver.attempt(job).await;
     let attempt_number = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
     let next = match decide(
-        &settings.schedule,
+        schedule,
         attempt_number,
         &result,
         now_millis(),
