@@ -82,6 +82,36 @@ pub struct Config {
     pub allow_private_targets: bool,
     /// Delays between delivery attempts; after the last, a job is dead-lettered.
     pub retry_schedule: Schedule,
+    /// The SMTP server emails go through; `None` writes them as `.eml` files to `outbox_dir`.
+    pub smtp: Option<SmtpConfig>,
+    /// The sender of every email.
+    pub email_from: String,
+    /// Where emails are written when no SMTP server is configured.
+    pub outbox_dir: PathBuf,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (a local relay).
+    None,
+    /// STARTTLS after connecting (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// The SMTP server (`[smtp]`).
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
 }
 
 /// A webhook target: where a rule's `webhook(#{ target: "NAME" })` goes.
@@ -119,6 +149,9 @@ impl Config {
             webhook_url_allowlist: Vec::new(),
             allow_private_targets: false,
             retry_schedule: Schedule::default(),
+            smtp: None,
+            email_from: "Switchboard <switchboard@localhost>".into(),
+            outbox_dir: PathBuf::from("./data/outbox"),
         }
     }
 
@@ -159,6 +192,15 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::invalid("max_body_bytes", "must be at least 1"));
+        }
+        if self.email_from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ConfigError::invalid(
+                "email_from",
+                format!(
+                    "`{}` is not an address like `Switchboard <switchboard@example.com>`",
+                    self.email_from
+                ),
+            ));
         }
         if self.commit_batch_max == 0 {
             return Err(ConfigError::invalid(
@@ -296,6 +338,21 @@ struct FileConfig {
     rule_settings: Option<crate::rules::RuleSettings>,
     webhooks: Option<BTreeMap<String, WebhookTargetFile>>,
     delivery: Option<DeliveryFile>,
+    smtp: Option<SmtpFile>,
+    email_from: Option<String>,
+    outbox_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmtpFile {
+    host: String,
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +464,32 @@ impl FileConfig {
                     allow_private: target.allow_private,
                 },
             );
+        }
+        if let Some(smtp) = self.smtp {
+            let tls = smtp.tls.unwrap_or(SmtpTls::Starttls);
+            let password = match (smtp.password, smtp.password_file) {
+                (Some(p), _) => Some(Secret::new(p)),
+                (None, Some(path)) => Some(Secret::new(read_secret_file(&path)?.trim())),
+                (None, None) => None,
+            };
+            config.smtp = Some(SmtpConfig {
+                port: smtp.port.unwrap_or(match tls {
+                    SmtpTls::None => 25,
+                    SmtpTls::Starttls => 587,
+                    SmtpTls::Implicit => 465,
+                }),
+                host: smtp.host,
+                tls,
+                username: smtp.username,
+                password,
+                timeout: Duration::from_secs(smtp.timeout_secs.unwrap_or(30)),
+            });
+        }
+        if let Some(from) = self.email_from {
+            config.email_from = from;
+        }
+        if let Some(dir) = self.outbox_dir {
+            config.outbox_dir = dir;
         }
         if let Some(delivery) = self.delivery {
             if let Some(delays) = delivery.retry_schedule {

@@ -45,6 +45,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the HTTP client could not be set up: {0}")]
     Http(String),
+    #[error("email delivery could not be set up: {0}")]
+    Mail(String),
 }
 
 /// Logs the loaded rule set, and every rule that does not compile.
@@ -97,6 +99,7 @@ pub async fn run(
     });
     let committed = Arc::new(Notify::new());
     let jobs_ready = Arc::new(Notify::new());
+    let email_ready = Arc::new(Notify::new());
     let (committer, commit_task) =
         committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
     let stop_processing = CancellationToken::new();
@@ -104,7 +107,7 @@ pub async fn run(
         store.clone(),
         rules.clone(),
         committed,
-        jobs_ready.clone(),
+        vec![jobs_ready.clone(), email_ready.clone()],
         processor::ProcessorConfig {
             owner: processor::owner_id(),
             batch: 64,
@@ -145,6 +148,46 @@ pub async fn run(
         stop_delivery.clone(),
     ));
 
+    let mailer = match &config.smtp {
+        Some(smtp) => {
+            tracing::info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, "emails go through SMTP");
+            delivery::email::Mailer::smtp(smtp).map_err(ServeError::Mail)?
+        }
+        None => {
+            tracing::info!(
+                outbox = %config.outbox_dir.display(),
+                "no SMTP server configured ([smtp]): emails are written as .eml files"
+            );
+            delivery::email::Mailer::outbox(&config.outbox_dir)?
+        }
+    };
+    let emails = delivery::worker::EmailDeliverer {
+        mailer,
+        from: config
+            .email_from
+            .parse()
+            .map_err(|_| ServeError::Mail(format!("invalid email_from `{}`", config.email_from)))?,
+    };
+    let email_task = tokio::spawn(delivery::worker::run(
+        store.clone(),
+        Arc::new(emails),
+        Arc::new(config.retry_schedule.clone()),
+        email_ready,
+        delivery::worker::WorkerConfig {
+            owner: processor::owner_id(),
+            batch: 32,
+            lease: config.processing_lease.max(
+                config
+                    .smtp
+                    .as_ref()
+                    .map(|s| s.timeout * 2)
+                    .unwrap_or_default(),
+            ),
+            poll: config.processing_poll,
+        },
+        stop_delivery.clone(),
+    ));
+
     if config.ingest_tokens.is_empty() {
         tracing::warn!(
             "no ingest token configured: intake is open to anyone who can reach {}",
@@ -176,6 +219,7 @@ pub async fn run(
     let _ = processor_task.await;
     stop_delivery.cancel();
     let _ = webhook_task.await;
+    let _ = email_task.await;
     store.close().await;
     tracing::info!("store closed");
     Ok(served?)

@@ -31,7 +31,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     wake: Arc<Notify>,
-    jobs_ready: Arc<Notify>,
+    jobs_ready: Vec<Arc<Notify>>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
 ) {
@@ -47,7 +47,7 @@ pub async fn run(
             Ok(events) if !events.is_empty() => {
                 let full = events.len() == config.batch as usize;
                 if process(&store, &rules, &config.owner, events).await {
-                    jobs_ready.notify_one();
+                    jobs_ready.iter().for_each(|worker| worker.notify_one());
                 }
                 if full {
                     continue; // more is waiting

@@ -1,9 +1,12 @@
 //! Email actions: building the MIME message is PURE (`build_message`); sending it over SMTP or
 //! into an `.eml` file is the I/O edge.
 
-use lettre::Message;
+use super::retry::AttemptResult;
+use crate::config::{SmtpConfig, SmtpTls};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -71,6 +74,77 @@ pub fn build_message(from: &Mailbox, spec: &EmailSpec, key: &str) -> Result<Mess
         None => builder.singlepart(text),
     };
     result.map_err(|e| EmailError::Build(e.to_string()))
+}
+
+/// Where messages go: an SMTP server (pooled connections), or `.eml` files in a folder.
+#[derive(Clone)]
+pub enum Mailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Outbox(AsyncFileTransport<Tokio1Executor>),
+}
+
+impl Mailer {
+    /// The SMTP transport the configuration describes.
+    pub fn smtp(config: &SmtpConfig) -> Result<Mailer, String> {
+        let builder = match config.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .map_err(|e| e.to_string())?,
+            SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+                .map_err(|e| e.to_string())?,
+        };
+        let mut builder = builder.port(config.port).timeout(Some(config.timeout));
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose().to_string(),
+            ));
+        }
+        Ok(Mailer::Smtp(builder.build()))
+    }
+
+    /// Writes each message as `<id>.eml` into `dir` (created if needed).
+    pub fn outbox(dir: &std::path::Path) -> std::io::Result<Mailer> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Mailer::Outbox(AsyncFileTransport::new(dir)))
+    }
+
+    /// Sends one message: SMTP 2xx is success, 4xx and connection errors are transient, 5xx
+    /// permanent. Returns the reply code when there was one.
+    pub async fn send(&self, message: Message) -> (AttemptResult, Option<i64>) {
+        match self {
+            Mailer::Smtp(transport) => match transport.send(message).await {
+                Ok(response) => (AttemptResult::Success, Some(smtp_code(&response.code()))),
+                Err(error) => {
+                    let code = error.status().map(|c| smtp_code(&c));
+                    let reason = error.to_string();
+                    let result = if error.is_permanent() {
+                        AttemptResult::Permanent { reason }
+                    } else {
+                        AttemptResult::Transient {
+                            reason,
+                            retry_after: None,
+                        }
+                    };
+                    (result, code)
+                }
+            },
+            Mailer::Outbox(transport) => match transport.send(message).await {
+                Ok(_) => (AttemptResult::Success, None),
+                Err(error) => (
+                    AttemptResult::Transient {
+                        reason: format!("writing the .eml file failed: {error}"),
+                        retry_after: None,
+                    },
+                    None,
+                ),
+            },
+        }
+    }
+}
+
+fn smtp_code(code: &lettre::transport::smtp::response::Code) -> i64 {
+    code.to_string().parse().unwrap_or(0)
 }
 
 fn message_id(key: &str, from: &Mailbox) -> String {

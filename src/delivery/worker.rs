@@ -227,3 +227,27 @@ async fn build_request(
     )
     .map_err(|e| permanent(e.to_string()))
 }
+
+/// Delivers `email` jobs.
+pub struct EmailDeliverer {
+    pub mailer: super::email::Mailer,
+    pub from: lettre::message::Mailbox,
+}
+
+#[async_trait::async_trait]
+impl Deliver for EmailDeliverer {
+    fn kind(&self) -> &'static str {
+        "email"
+    }
+
+    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
+        let permanent = |reason: String| (AttemptResult::Permanent { reason }, None);
+        let Ok(ActionRequest::Email(spec)) = serde_json::from_value(job.spec.clone()) else {
+            return permanent(format!("job {} is not an email action", job.id));
+        };
+        match super::email::build_message(&self.from, &spec, &job.idempotency_key) {
+            Ok(message) => self.mailer.send(message).await,
+            Err(error) => permanent(error.to_string()),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 mod crash;
 mod delivery;
+mod email;
 mod intake;
 mod props;
 mod rules;

@@ -760,11 +760,11 @@ async fn a_throttled_rule_records_repeats_as_suppressed() {
             .map(|j| j["status"].as_str().unwrap().to_string())
             .collect()
     };
-    // abandoned-in-queue throttles per phone for 30 minutes; vip-missed has no throttle.
-    assert_eq!(
-        statuses(&traces[0], "abandoned-in-queue"),
-        ["pending", "pending"]
-    );
+    // abandoned-in-queue throttles per phone for 30 minutes; vip-missed has no throttle. The
+    // first event's jobs go to delivery (pending, or already done by the time we look).
+    let first = statuses(&traces[0], "abandoned-in-queue");
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|s| s != "suppressed"), "{first:?}");
     assert_eq!(
         statuses(&traces[1], "abandoned-in-queue"),
         ["suppressed", "suppressed"]

@@ -124,6 +124,7 @@ impl TestServer {
         config.ingest_tokens = vec![Secret::new(INGEST_TOKEN)];
         config.admin_token = Some(Secret::new(ADMIN_TOKEN));
         config.processing_poll = Duration::from_millis(50);
+        config.outbox_dir = dir.path().join("outbox");
         adjust(&mut config);
         Self::start_in(dir, config).await
     }
@@ -237,6 +238,7 @@ impl Binary {
             .env("SWITCHBOARD_INGEST_TOKEN", INGEST_TOKEN)
             .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("SWITCHBOARD_CONFIG")
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
