@@ -100,6 +100,7 @@ pub async fn run(
     let committed = Arc::new(Notify::new());
     let jobs_ready = Arc::new(Notify::new());
     let email_ready = Arc::new(Notify::new());
+    let callbacks_ready = [Arc::new(Notify::new()), Arc::new(Notify::new())];
     let (committer, commit_task) =
         committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
     let stop_processing = CancellationToken::new();
@@ -107,7 +108,12 @@ pub async fn run(
         store.clone(),
         rules.clone(),
         committed,
-        vec![jobs_ready.clone(), email_ready.clone()],
+        vec![
+            jobs_ready.clone(),
+            email_ready.clone(),
+            callbacks_ready[0].clone(),
+            callbacks_ready[1].clone(),
+        ],
         processor::ProcessorConfig {
             owner: processor::owner_id(),
             batch: 64,
@@ -188,6 +194,30 @@ pub async fn run(
         stop_delivery.clone(),
     ));
 
+    // Callback tasks: one worker records them (merged per phone), one closes them.
+    let mut callback_tasks = Vec::new();
+    for (kind, ready) in ["callback_task", "close_callback_tasks"]
+        .into_iter()
+        .zip(callbacks_ready)
+    {
+        callback_tasks.push(tokio::spawn(delivery::worker::run(
+            store.clone(),
+            Arc::new(delivery::worker::CallbackDeliverer {
+                store: store.clone(),
+                kind,
+            }),
+            Arc::new(config.retry_schedule.clone()),
+            ready,
+            delivery::worker::WorkerConfig {
+                owner: processor::owner_id(),
+                batch: 64,
+                lease: config.processing_lease,
+                poll: config.processing_poll,
+            },
+            stop_delivery.clone(),
+        )));
+    }
+
     if config.ingest_tokens.is_empty() {
         tracing::warn!(
             "no ingest token configured: intake is open to anyone who can reach {}",
@@ -220,6 +250,9 @@ pub async fn run(
     stop_delivery.cancel();
     let _ = webhook_task.await;
     let _ = email_task.await;
+    for task in callback_tasks {
+        let _ = task.await;
+    }
     store.close().await;
     tracing::info!("store closed");
     Ok(served?)

@@ -251,3 +251,66 @@ impl Deliver for EmailDeliverer {
         }
     }
 }
+
+/// Records `callback_task` jobs as callback tasks (merged per phone), and runs
+/// `close_callback_tasks` jobs.
+pub struct CallbackDeliverer {
+    pub store: Arc<dyn Store>,
+    /// `callback_task` or `close_callback_tasks`.
+    pub kind: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Deliver for CallbackDeliverer {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
+        let stored = match serde_json::from_value(job.spec.clone()) {
+            Ok(ActionRequest::CallbackTask {
+                phone,
+                name,
+                reason,
+                due_in_secs,
+                priority,
+            }) => {
+                let due_in = i64::try_from(due_in_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                let request = crate::store::CallbackRequest {
+                    phone,
+                    customer_name: name,
+                    reason,
+                    event_id: job.event_id,
+                    rule: job.rule.clone(),
+                    priority,
+                    due_at: job.created_at.saturating_add(due_in),
+                };
+                self.store
+                    .upsert_callback_task(&request, now_millis())
+                    .await
+                    .map(|_| ())
+            }
+            Ok(ActionRequest::CloseCallbackTasks { phone, note }) => {
+                let outcome = note.unwrap_or_else(|| format!("closed by rule {}", job.rule));
+                self.store
+                    .close_callback_tasks(&phone, &outcome, now_millis())
+                    .await
+                    .map(|_| ())
+            }
+            _ => {
+                let reason = format!("job {} is not a callback action", job.id);
+                return (AttemptResult::Permanent { reason }, None);
+            }
+        };
+        match stored {
+            Ok(()) => (AttemptResult::Success, None),
+            Err(error) => (
+                AttemptResult::Transient {
+                    reason: error.to_string(),
+                    retry_after: None,
+                },
+                None,
+            ),
+        }
+    }
+}

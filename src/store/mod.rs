@@ -226,6 +226,38 @@ pub struct StoredAttempt {
     pub record: AttemptRecord,
 }
 
+/// A matching rule's request for a call-back.
+#[derive(Debug, Clone)]
+pub struct CallbackRequest {
+    pub phone: String,
+    pub customer_name: Option<String>,
+    pub reason: String,
+    pub event_id: EventId,
+    pub rule: String,
+    /// Higher is more urgent.
+    pub priority: i64,
+    pub due_at: Millis,
+}
+
+/// A callback task as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallbackTask {
+    pub id: i64,
+    pub phone: String,
+    pub customer_name: Option<String>,
+    /// `open`, `claimed`, `done` or `cancelled`.
+    pub status: String,
+    pub priority: i64,
+    pub due_at: Millis,
+    /// Why the task exists: `[{reason, event_id, rule, at}]`, oldest first.
+    pub reasons: serde_json::Value,
+    pub claimed_by: Option<String>,
+    pub outcome: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub closed_at: Option<Millis>,
+}
+
 /// Filters for listing events, newest first. All given filters must hold.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -311,6 +343,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job's attempts, in order.
     async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError>;
+
+    /// Records a call-back request: a new open task for the phone, or (when one is open or
+    /// claimed) the request merged into it: its reason appended (once per event and rule), the
+    /// priority raised and the due time brought forward if the request asks for it.
+    async fn upsert_callback_task(
+        &self,
+        request: &CallbackRequest,
+        now: Millis,
+    ) -> Result<CallbackTask, StoreError>;
+
+    /// Marks the phone's open or claimed tasks done with `outcome`; returns how many.
+    async fn close_callback_tasks(
+        &self,
+        phone: &str,
+        outcome: &str,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+
+    /// Tasks by status (all when `None`), most urgent first: priority, then due time.
+    async fn list_callback_tasks(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CallbackTask>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -2,9 +2,10 @@
 //! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
 
 use super::{
-    AttemptRecord, EventId, EventQuery, Finished, Inserted, JobNext, Lease, Millis, NewEvent,
-    Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent, StoredJob,
-    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow},
+    AttemptRecord, CallbackRequest, CallbackTask, EventId, EventQuery, Finished, Inserted, JobNext,
+    Lease, Millis, NewEvent, Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent,
+    StoredJob,
+    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TASK_SELECT, TaskRow},
     sql,
 };
 use async_trait::async_trait;
@@ -196,6 +197,44 @@ impl Store for PostgresStore {
             sql::LIST_JOB_ATTEMPTS.as_str(),
             job_id
         )
+    }
+
+    async fn upsert_callback_task(
+        &self,
+        request: &CallbackRequest,
+        now: Millis,
+    ) -> Result<CallbackTask, StoreError> {
+        sql::upsert_callback_task!(self.pool, " FOR UPDATE", request, now)
+    }
+
+    async fn close_callback_tasks(
+        &self,
+        phone: &str,
+        outcome: &str,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(sql::CLOSE_CALLBACK_TASKS)
+            .bind(outcome)
+            .bind(now)
+            .bind(phone)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_callback_tasks(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CallbackTask>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(&format!(
+            "{TASK_SELECT} WHERE $1 IS NULL OR status = $1 ORDER BY priority DESC, due_at, id LIMIT $2"
+        ))
+        .bind(status)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TaskRow::into_stored).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -2,8 +2,8 @@
 //! rows), and its conversion to [`StoredEvent`].
 
 use super::{
-    AttemptRecord, Millis, NewEvent, ProcessingState, StoreError, StoredAttempt, StoredEvaluation,
-    StoredEvent, StoredJob,
+    AttemptRecord, CallbackTask, Millis, NewEvent, ProcessingState, StoreError, StoredAttempt,
+    StoredEvaluation, StoredEvent, StoredJob,
 };
 
 /// The select list and joins of every event query, in [`EventRow`]'s order. Callers append
@@ -175,6 +175,48 @@ impl AttemptRow {
                 code: self.code,
                 detail: self.detail,
             },
+        })
+    }
+}
+
+/// The columns of a `callback_tasks` row.
+pub(super) const TASK_SELECT: &str = "SELECT id, phone, customer_name, status, priority, due_at, \
+     reasons, claimed_by, outcome, created_at, updated_at, closed_at FROM callback_tasks";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TaskRow {
+    id: i64,
+    phone: String,
+    customer_name: Option<String>,
+    status: String,
+    priority: i64,
+    due_at: Millis,
+    reasons: String,
+    claimed_by: Option<String>,
+    outcome: Option<String>,
+    created_at: Millis,
+    updated_at: Millis,
+    closed_at: Option<Millis>,
+}
+
+impl TaskRow {
+    pub(super) fn into_stored(self) -> Result<CallbackTask, StoreError> {
+        Ok(CallbackTask {
+            id: self.id,
+            phone: self.phone,
+            customer_name: self.customer_name,
+            status: self.status,
+            priority: self.priority,
+            due_at: self.due_at,
+            reasons: serde_json::from_str(&self.reasons).map_err(|e| StoreError::Corrupt {
+                what: "callback task reasons",
+                message: e.to_string(),
+            })?,
+            claimed_by: self.claimed_by,
+            outcome: self.outcome,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            closed_at: self.closed_at,
         })
     }
 }

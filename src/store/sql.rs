@@ -455,3 +455,89 @@ macro_rules! record_attempt {
     }};
 }
 pub(super) use record_attempt;
+
+/// The body of `Store::upsert_callback_task` (`$lock` is ` FOR UPDATE` where the backend has it):
+/// merge into the phone's open task, or insert one. A concurrent insert for the same phone by
+/// another instance makes the insert do nothing; the second round then finds and merges into it.
+macro_rules! upsert_callback_task {
+    ($pool:expr, $lock:expr, $request:expr, $now:expr) => {{
+        let (request, now): (&super::CallbackRequest, Millis) = ($request, $now);
+        let reason = serde_json::json!({
+            "reason": request.reason, "event_id": request.event_id, "rule": request.rule, "at": now,
+        });
+        let select = format!(
+            "{} WHERE phone = $1 AND status IN ('open', 'claimed'){}",
+            super::row::TASK_SELECT,
+            $lock
+        );
+        let mut tx = $pool.begin().await?;
+        let mut task = None;
+        for _ in 0..2 {
+            let open: Option<super::row::TaskRow> =
+                sqlx::query_as(&select).bind(&request.phone).fetch_optional(&mut *tx).await?;
+            if let Some(row) = open {
+                let mut current = row.into_stored()?;
+                let reasons = current.reasons.as_array_mut().ok_or_else(|| StoreError::Corrupt {
+                    what: "callback task reasons",
+                    message: "not a list".into(),
+                })?;
+                let known = reasons.iter().any(|r| {
+                    r["event_id"] == request.event_id && r["rule"].as_str() == Some(&request.rule)
+                });
+                if !known {
+                    reasons.push(reason.clone());
+                }
+                current.priority = current.priority.max(request.priority);
+                current.due_at = current.due_at.min(request.due_at);
+                current.customer_name = current.customer_name.or(request.customer_name.clone());
+                current.updated_at = now;
+                sqlx::query(
+                    "UPDATE callback_tasks SET reasons = $1, priority = $2, due_at = $3, \
+                     customer_name = $4, updated_at = $5 WHERE id = $6",
+                )
+                .bind(current.reasons.to_string())
+                .bind(current.priority)
+                .bind(current.due_at)
+                .bind(&current.customer_name)
+                .bind(now)
+                .bind(current.id)
+                .execute(&mut *tx)
+                .await?;
+                task = Some(current);
+                break;
+            }
+            let inserted: Option<(i64,)> = sqlx::query_as(
+                "INSERT INTO callback_tasks (phone, customer_name, status, priority, due_at, \
+                 reasons, created_at, updated_at) VALUES ($1, $2, 'open', $3, $4, $5, $6, $6) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(&request.phone)
+            .bind(&request.customer_name)
+            .bind(request.priority)
+            .bind(request.due_at)
+            .bind(serde_json::json!([reason]).to_string())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id,)) = inserted {
+                let row: super::row::TaskRow =
+                    sqlx::query_as(&format!("{} WHERE id = $1", super::row::TASK_SELECT))
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                task = Some(row.into_stored()?);
+                break;
+            }
+        }
+        tx.commit().await?;
+        task.ok_or_else(|| StoreError::Corrupt {
+            what: "callback task",
+            message: format!("the open task for {} kept changing", request.phone),
+        })
+    }};
+}
+pub(super) use upsert_callback_task;
+
+/// Closes a phone's open and claimed tasks. Binds: outcome, now, phone.
+pub(super) const CLOSE_CALLBACK_TASKS: &str = "UPDATE callback_tasks SET status = 'done', \
+     outcome = $1, closed_at = $2, updated_at = $2 WHERE phone = $3 AND status IN ('open', 'claimed')";

@@ -782,3 +782,57 @@ async fn a_throttled_rule_records_repeats_as_suppressed() {
     assert!(note.as_str().unwrap().contains("13800138000"), "{note}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matches_become_one_callback_task_per_phone_closed_when_the_customer_is_reached() {
+    let server = TestServer::start_with(|config| {
+        config.rules_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    })
+    .await;
+    let store = switchboard::store::open(&format!(
+        "sqlite://{}",
+        server.dir.path().join("sb.db").display()
+    ))
+    .await
+    .unwrap();
+    let phone = "13800138000";
+    let mut outbound: serde_json::Value =
+        serde_json::from_slice(&sample("outbound-no-answer.json")).unwrap();
+    outbound["customer_phone"] = phone.into();
+    let mut answered: serde_json::Value =
+        serde_json::from_slice(&sample("udesk-example.json")).unwrap();
+    answered["customer_phone"] = phone.into();
+    let tasks = |status: &'static str| {
+        let store = store.clone();
+        async move { store.list_callback_tasks(Some(status), 10).await.unwrap() }
+    };
+
+    server.post(sample("abandoned-long-wait.json"), None).await;
+    let open = eventually(Duration::from_secs(10), "the callback task", || async {
+        let open = tasks("open").await;
+        (open.len() == 1).then_some(open)
+    })
+    .await;
+    assert_eq!(open[0].phone, phone);
+    assert_eq!(open[0].customer_name.as_deref(), Some("山田 花子"));
+
+    server.post(outbound.to_string(), None).await;
+    let merged = eventually(Duration::from_secs(10), "the second reason", || async {
+        let open = tasks("open").await;
+        (open.len() == 1 && open[0].reasons.as_array().unwrap().len() == 2).then_some(open)
+    })
+    .await;
+    assert_eq!(merged[0].id, open[0].id, "merged, not duplicated");
+    assert_eq!(merged[0].priority, 2, "the higher priority stays");
+
+    server.post(answered.to_string(), None).await;
+    let done = eventually(Duration::from_secs(10), "the task to close", || async {
+        let done = tasks("done").await;
+        (done.len() == 1).then_some(done)
+    })
+    .await;
+    assert_eq!(done[0].id, open[0].id);
+    assert!(done[0].outcome.as_deref().unwrap().contains("reached"));
+    assert!(tasks("open").await.is_empty());
+    server.stop().await;
+}

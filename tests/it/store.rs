@@ -571,3 +571,87 @@ async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn one_open_callback_task_per_phone_merging_requests() {
+    use switchboard::store::CallbackRequest;
+    for (name, store, _dir) in backends().await {
+        let batch: Vec<_> = (0..3).map(|i| new_event(json!({"c": i}), i)).collect();
+        let ids = insert_ids(&store, &batch).await;
+        let request = |event_id: i64, rule: &str, priority: i64, due_at: i64| CallbackRequest {
+            phone: "13800138000".into(),
+            customer_name: (priority == 1).then(|| "山田".to_string()),
+            reason: format!("{rule} fired"),
+            event_id,
+            rule: rule.into(),
+            priority,
+            due_at,
+        };
+        let first = store
+            .upsert_callback_task(&request(ids[0], "a", 1, 5_000), 100)
+            .await
+            .unwrap();
+        let merged = store
+            .upsert_callback_task(&request(ids[1], "b", 3, 2_000), 200)
+            .await
+            .unwrap();
+        let repeated = store
+            .upsert_callback_task(&request(ids[1], "b", 3, 2_000), 300)
+            .await
+            .unwrap();
+        assert_eq!((merged.id, repeated.id), (first.id, first.id), "{name}");
+        assert_eq!(
+            repeated.reasons.as_array().unwrap().len(),
+            2,
+            "a retried job adds no reason: {name}"
+        );
+        assert_eq!((repeated.priority, repeated.due_at), (3, 2_000), "{name}");
+        assert_eq!(repeated.customer_name.as_deref(), Some("山田"), "{name}");
+        let other = CallbackRequest {
+            phone: "15000001111".into(),
+            ..request(ids[2], "a", 1, 9_000)
+        };
+        let other = store.upsert_callback_task(&other, 300).await.unwrap();
+        assert_ne!(other.id, first.id, "{name}");
+
+        let open = store.list_callback_tasks(Some("open"), 10).await.unwrap();
+        assert_eq!(
+            open.iter().map(|t| t.id).collect::<Vec<_>>(),
+            [first.id, other.id],
+            "most urgent first: {name}"
+        );
+        assert_eq!(
+            store
+                .close_callback_tasks("13800138000", "reached", 400)
+                .await
+                .unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .close_callback_tasks("13800138000", "reached", 401)
+                .await
+                .unwrap(),
+            0,
+            "{name}"
+        );
+        let done = store.list_callback_tasks(Some("done"), 10).await.unwrap();
+        assert_eq!(
+            (done[0].id, done[0].outcome.as_deref(), done[0].closed_at),
+            (first.id, Some("reached"), Some(400)),
+            "{name}"
+        );
+        // After the close, a new request opens a new task.
+        let again = store
+            .upsert_callback_task(&request(ids[2], "a", 1, 9_000), 500)
+            .await
+            .unwrap();
+        assert_ne!(again.id, first.id, "{name}");
+        assert_eq!(
+            store.list_callback_tasks(None, 10).await.unwrap().len(),
+            3,
+            "{name}"
+        );
+    }
+}
