@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod intake;
 mod rules;
+mod work;
 
 pub use auth::TokenSet;
 pub use error::ApiError;
@@ -53,6 +54,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{id}", get(events::get_event))
         .route("/v1/rules", get(rules::list_rules))
         .route("/v1/rules/try", post(rules::try_rules))
+        .route("/v1/jobs", get(work::list_jobs))
+        .route("/v1/jobs/{id}", get(work::get_job))
+        .route("/v1/jobs/{id}/retry", post(work::retry_job))
+        .route("/v1/jobs/{id}/cancel", post(work::cancel_job))
+        .route("/v1/callback-tasks", get(work::list_tasks))
+        .route("/v1/callback-tasks/{id}", get(work::get_task))
+        .route("/v1/callback-tasks/{id}/claim", post(work::claim_task))
+        .route(
+            "/v1/callback-tasks/{id}/complete",
+            post(work::complete_task),
+        )
+        .route("/v1/callback-tasks/{id}/cancel", post(work::cancel_task))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let health = Router::new()
         .route("/healthz", get(healthz))

@@ -258,6 +258,16 @@ pub struct CallbackTask {
     pub closed_at: Option<Millis>,
 }
 
+/// Filters for listing callback tasks; all given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub status: Option<String>,
+    pub phone: Option<String>,
+    /// Due before this time.
+    pub due_before: Option<Millis>,
+    pub limit: u32,
+}
+
 /// Filters for listing events, newest first. All given filters must hold.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -361,12 +371,41 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<u64, StoreError>;
 
-    /// Tasks by status (all when `None`), most urgent first: priority, then due time.
-    async fn list_callback_tasks(
+    /// Tasks matching the query, most urgent first: priority, then due time.
+    async fn list_callback_tasks(&self, query: &TaskQuery)
+    -> Result<Vec<CallbackTask>, StoreError>;
+
+    /// Jobs, newest first: all, or those with `status`; `before_id` pages.
+    async fn list_jobs(
         &self,
         status: Option<&str>,
+        before_id: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<CallbackTask>, StoreError>;
+    ) -> Result<Vec<StoredJob>, StoreError>;
+
+    /// One job.
+    async fn get_job(&self, id: i64) -> Result<Option<StoredJob>, StoreError>;
+
+    /// Gives a dead job another attempt now. False when the job is not dead.
+    async fn retry_job(&self, id: i64, now: Millis) -> Result<bool, StoreError>;
+
+    /// Cancels a job that has not succeeded (pending, retrying or dead). False otherwise.
+    async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError>;
+
+    /// One callback task.
+    async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError>;
+
+    /// Moves a task to `status` (`claimed`, `done` or `cancelled`) from one of `from`, recording
+    /// the agent (claims) or outcome. False when the task is not in one of `from`.
+    async fn update_callback_task(
+        &self,
+        id: i64,
+        from: &[&str],
+        status: &str,
+        agent: Option<&str>,
+        outcome: Option<&str>,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

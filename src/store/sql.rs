@@ -541,3 +541,68 @@ pub(super) use upsert_callback_task;
 /// Closes a phone's open and claimed tasks. Binds: outcome, now, phone.
 pub(super) const CLOSE_CALLBACK_TASKS: &str = "UPDATE callback_tasks SET status = 'done', \
      outcome = $1, closed_at = $2, updated_at = $2 WHERE phone = $3 AND status IN ('open', 'claimed')";
+
+/// Jobs, newest first. Binds: status or NULL, before id or NULL, limit.
+pub(super) static LIST_JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        super::row::JOB_SELECT
+    )
+});
+/// One job. Bind: id.
+pub(super) static GET_JOB: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} WHERE id = $1", super::row::JOB_SELECT));
+/// Binds: now, id.
+pub(super) const RETRY_JOB: &str = "UPDATE jobs SET status = 'pending', next_attempt_at = $1, \
+     finished_at = NULL, note = 'retried by an operator' WHERE id = $2 AND status = 'dead'";
+/// Binds: note, now, id.
+pub(super) const CANCEL_JOB: &str = "UPDATE jobs SET status = 'cancelled', note = $1, \
+     finished_at = $2, lease_owner = NULL WHERE id = $3 AND status IN ('pending', 'retrying', 'dead')";
+/// One callback task. Bind: id.
+pub(super) static GET_TASK: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} WHERE id = $1", super::row::TASK_SELECT));
+
+/// The body of `Store::update_callback_task`, the same on both backends.
+macro_rules! update_callback_task {
+    ($pool:expr, $id:expr, $from:expr, $status:expr, $agent:expr, $outcome:expr, $now:expr) => {{
+        let (id, from, status, agent, outcome, now): (
+            i64,
+            &[&str],
+            &str,
+            Option<&str>,
+            Option<&str>,
+            Millis,
+        ) = ($id, $from, $status, $agent, $outcome, $now);
+        let closing = matches!(status, "done" | "cancelled");
+        let mut qb = QueryBuilder::new("UPDATE callback_tasks SET status = ");
+        qb.push_bind(status)
+            .push(", updated_at = ")
+            .push_bind(now)
+            .push(", claimed_by = COALESCE(")
+            .push_bind(agent)
+            .push(", claimed_by), outcome = COALESCE(")
+            .push_bind(outcome)
+            .push(", outcome), closed_at = ")
+            .push_bind(closing.then_some(now))
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(" AND status IN (");
+        let mut list = qb.separated(", ");
+        for state in from {
+            list.push_bind(*state);
+        }
+        qb.push(")");
+        let done = qb.build().execute(&$pool).await?;
+        Ok(done.rows_affected() == 1)
+    }};
+}
+pub(super) use update_callback_task;
+
+/// Callback tasks, most urgent first. Binds: status, phone, due before (each NULL for any), limit.
+pub(super) static LIST_TASKS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR phone = $2) \
+         AND ($3 IS NULL OR due_at < $3) ORDER BY priority DESC, due_at, id LIMIT $4",
+        super::row::TASK_SELECT
+    )
+});

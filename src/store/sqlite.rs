@@ -4,8 +4,8 @@
 use super::{
     AttemptRecord, CallbackRequest, CallbackTask, EventId, EventQuery, Finished, Inserted, JobNext,
     Lease, Millis, NewEvent, Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent,
-    StoredJob,
-    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TASK_SELECT, TaskRow},
+    StoredJob, TaskQuery,
+    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
 use async_trait::async_trait;
@@ -259,17 +259,71 @@ impl Store for SqliteStore {
 
     async fn list_callback_tasks(
         &self,
-        status: Option<&str>,
-        limit: u32,
+        query: &TaskQuery,
     ) -> Result<Vec<CallbackTask>, StoreError> {
-        let rows: Vec<TaskRow> = sqlx::query_as(&format!(
-            "{TASK_SELECT} WHERE $1 IS NULL OR status = $1 ORDER BY priority DESC, due_at, id LIMIT $2"
-        ))
-        .bind(status)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<TaskRow> = sqlx::query_as(sql::LIST_TASKS.as_str())
+            .bind(&query.status)
+            .bind(&query.phone)
+            .bind(query.due_before)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.into_iter().map(TaskRow::into_stored).collect()
+    }
+
+    async fn list_jobs(
+        &self,
+        status: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(sql::LIST_JOBS.as_str())
+            .bind(status)
+            .bind(before_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(JobRow::into_stored).collect()
+    }
+
+    async fn get_job(&self, id: i64) -> Result<Option<StoredJob>, StoreError> {
+        sql::fetch_one_row!(&self.reader, JobRow, sql::GET_JOB.as_str(), id)
+    }
+
+    async fn retry_job(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::RETRY_JOB)
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::CANCEL_JOB)
+            .bind(note)
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError> {
+        sql::fetch_one_row!(&self.reader, TaskRow, sql::GET_TASK.as_str(), id)
+    }
+
+    async fn update_callback_task(
+        &self,
+        id: i64,
+        from: &[&str],
+        status: &str,
+        agent: Option<&str>,
+        outcome: Option<&str>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let pool = &self.writer;
+        sql::update_callback_task!(*pool, id, from, status, agent, outcome, now)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -277,3 +277,73 @@ async fn the_ssrf_guard_refuses_private_targets() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_inspect_retry_and_cancel_jobs() {
+    // 404 first (permanent: dead), then fine once an operator retries.
+    let (receiver, url) = Receiver::start(vec![Answer::Status(404), Answer::Ok]).await;
+    let (server, _rules) = service(&url, true, |_| {}).await;
+    let job = settled_job(&server, fire(&server, 5).await).await;
+    assert_eq!(job["status"], "dead");
+    let id = job["id"].as_i64().unwrap();
+
+    let (status, page) = server.admin_get("/v1/jobs?status=dead").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(page["jobs"][0]["id"], id);
+    let (_, view) = server.admin_get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(view["attempt_log"][0]["code"], 404, "{view}");
+    assert_eq!(view["attempt_log"][0]["outcome"], "permanent");
+
+    let retry = |path: String| {
+        send(
+            server
+                .client
+                .post(server.url(&path))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+    };
+    let (status, _) = retry(format!("/v1/jobs/{id}/retry")).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let path = format!("/v1/jobs/{id}");
+    let done = eventually(
+        Duration::from_secs(10),
+        "the retried job to be delivered",
+        || async {
+            let (_, view) = server.admin_get(&path).await;
+            (view["status"] == "done").then_some(view)
+        },
+    )
+    .await;
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(receiver.received().len(), 2);
+    // A done job cannot be retried or cancelled: 409 naming its status.
+    let (status, body) = retry(format!("/v1/jobs/{id}/retry")).await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    assert!(
+        body["message"].as_str().unwrap().contains("is done"),
+        "{body}"
+    );
+    let (status, _) = retry(format!("/v1/jobs/{id}/cancel")).await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    // Bad parameters and missing tokens.
+    for (path, parameter) in [
+        ("/v1/jobs?status=lost", "status"),
+        ("/v1/jobs?limit=0", "limit"),
+        ("/v1/jobs?x=1", "x"),
+    ] {
+        let (status, body) = server.admin_get(path).await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(body["parameter"], parameter, "{path}");
+    }
+    assert_eq!(
+        server.admin_get("/v1/jobs/999999").await.0,
+        reqwest::StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        server.admin_get("/v1/jobs/abc").await.0,
+        reqwest::StatusCode::BAD_REQUEST
+    );
+    let (status, _) = send(server.client.get(server.url("/v1/jobs"))).await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}

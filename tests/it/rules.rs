@@ -804,7 +804,16 @@ async fn matches_become_one_callback_task_per_phone_closed_when_the_customer_is_
     answered["customer_phone"] = phone.into();
     let tasks = |status: &'static str| {
         let store = store.clone();
-        async move { store.list_callback_tasks(Some(status), 10).await.unwrap() }
+        async move {
+            store
+                .list_callback_tasks(&switchboard::store::TaskQuery {
+                    status: Some(status.into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
     };
 
     server.post(sample("abandoned-long-wait.json"), None).await;
@@ -834,5 +843,73 @@ async fn matches_become_one_callback_task_per_phone_closed_when_the_customer_is_
     assert_eq!(done[0].id, open[0].id);
     assert!(done[0].outcome.as_deref().unwrap().contains("reached"));
     assert!(tasks("open").await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_claim_and_complete_callback_tasks() {
+    let server = TestServer::start_with(|config| {
+        config.rules_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    })
+    .await;
+    server.post(sample("outbound-no-answer.json"), None).await;
+    let tasks = eventually(Duration::from_secs(10), "the callback task", || async {
+        let (_, tasks) = server
+            .admin_get("/v1/callback-tasks?status=open&phone=15000001111")
+            .await;
+        (tasks.as_array()?.len() == 1).then_some(tasks)
+    })
+    .await;
+    let id = tasks[0]["id"].as_i64().unwrap();
+    assert_eq!(tasks[0]["reasons"][0]["rule"], "outbound-no-answer");
+    let post = |path: String, body: serde_json::Value| {
+        send(
+            server
+                .client
+                .post(server.url(&path))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body),
+        )
+    };
+    let (status, claimed) = post(
+        format!("/v1/callback-tasks/{id}/claim"),
+        serde_json::json!({"agent": "agent-7"}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{claimed}");
+    assert_eq!(
+        (claimed["status"].as_str(), claimed["claimed_by"].as_str()),
+        (Some("claimed"), Some("agent-7"))
+    );
+    let (status, _) = post(
+        format!("/v1/callback-tasks/{id}/claim"),
+        serde_json::json!({"agent": "agent-8"}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "claimed once");
+    let (status, done) = post(
+        format!("/v1/callback-tasks/{id}/complete"),
+        serde_json::json!({"outcome": "called back, renewed"}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(
+        (done["status"].as_str(), done["outcome"].as_str()),
+        (Some("done"), Some("called back, renewed"))
+    );
+    assert!(done["closed_at"].is_i64());
+    let (status, _) = post(
+        format!("/v1/callback-tasks/{id}/cancel"),
+        serde_json::json!({"outcome": "x"}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    let (_, single) = server.admin_get(&format!("/v1/callback-tasks/{id}")).await;
+    assert_eq!(single["status"], "done");
+    let (status, body) = server.admin_get("/v1/callback-tasks?due_before=soon").await;
+    assert_eq!(
+        (status, body["parameter"].as_str()),
+        (reqwest::StatusCode::BAD_REQUEST, Some("due_before"))
+    );
     server.stop().await;
 }

@@ -614,7 +614,14 @@ async fn one_open_callback_task_per_phone_merging_requests() {
         let other = store.upsert_callback_task(&other, 300).await.unwrap();
         assert_ne!(other.id, first.id, "{name}");
 
-        let open = store.list_callback_tasks(Some("open"), 10).await.unwrap();
+        let open = store
+            .list_callback_tasks(&switchboard::store::TaskQuery {
+                status: Some("open".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(
             open.iter().map(|t| t.id).collect::<Vec<_>>(),
             [first.id, other.id],
@@ -636,7 +643,14 @@ async fn one_open_callback_task_per_phone_merging_requests() {
             0,
             "{name}"
         );
-        let done = store.list_callback_tasks(Some("done"), 10).await.unwrap();
+        let done = store
+            .list_callback_tasks(&switchboard::store::TaskQuery {
+                status: Some("done".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(
             (done[0].id, done[0].outcome.as_deref(), done[0].closed_at),
             (first.id, Some("reached"), Some(400)),
@@ -649,7 +663,14 @@ async fn one_open_callback_task_per_phone_merging_requests() {
             .unwrap();
         assert_ne!(again.id, first.id, "{name}");
         assert_eq!(
-            store.list_callback_tasks(None, 10).await.unwrap().len(),
+            store
+                .list_callback_tasks(&switchboard::store::TaskQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
             3,
             "{name}"
         );
