@@ -205,3 +205,87 @@ async fn without_smtp_emails_become_eml_files() {
     assert_eq!(subject, "待機放棄: 13800138000（放弃排队）");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_sample_ends_as_an_email_a_webhook_and_a_callback_task() {
+    let (smtp, smtp_port) = Smtp::start(0, response::OK);
+    let received = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/chat",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let chat_url = format!("http://{}/chat", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = TestServer::start_with(move |config| {
+        config.rules_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+        config.smtp = Some(SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: smtp_port,
+            tls: SmtpTls::None,
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(5),
+        });
+        config.webhook_targets.insert(
+            "chat".into(),
+            switchboard::config::WebhookTarget {
+                url: switchboard::config::Secret::new(chat_url),
+                method: "POST".into(),
+                headers: Default::default(),
+                timeout: Duration::from_secs(5),
+                secret: None,
+                allow_private: true,
+            },
+        );
+    })
+    .await;
+    let (_, ack) = server.post(sample("abandoned-long-wait.json"), None).await;
+    let path = format!("/v1/events/{}", ack["id"]);
+    let trace = eventually(Duration::from_secs(20), "every job to be done", || async {
+        let (_, trace) = server.admin_get(&path).await;
+        let jobs = trace["jobs"].as_array()?;
+        (jobs.len() == 3 && jobs.iter().all(|j| j["status"] == "done")).then_some(trace)
+    })
+    .await;
+    let kinds: Vec<&str> = trace["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["webhook", "email", "callback_task"]);
+    let mail = smtp.messages();
+    assert_eq!(mail.len(), 1);
+    let parsed = mailparse::parse_mail(&mail[0]).unwrap();
+    let subject = parsed
+        .headers
+        .iter()
+        .find(|h| h.get_key() == "Subject")
+        .unwrap()
+        .get_value();
+    assert_eq!(subject, "Caller abandoned after 81s in queue: 13800138000");
+    let posted = received.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1);
+    assert!(
+        posted[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("VIP call missed"),
+        "{posted:?}"
+    );
+    let (_, tasks) = server.admin_get("/v1/callback-tasks?status=open").await;
+    assert_eq!(tasks[0]["phone"], "13800138000");
+    assert_eq!(
+        tasks[0]["reasons"][0]["reason"],
+        "abandoned in queue after 81s"
+    );
+    server.stop().await;
+}
