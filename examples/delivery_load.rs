@@ -14,7 +14,10 @@ use switchboard::config::{Config, Secret, WebhookTarget};
 
 #[tokio::main]
 async fn main() {
-    let jobs: u64 = std::env::args().nth(1).map(|n| n.parse().expect("JOBS: a number")).unwrap_or(20_000);
+    let jobs: u64 = std::env::args()
+        .nth(1)
+        .map(|n| n.parse().expect("JOBS: a number"))
+        .unwrap_or(20_000);
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let receiver = axum::Router::new().route(
@@ -47,7 +50,12 @@ async fn main() {
             method: "POST".into(),
             headers: Default::default(),
             timeout: Duration::from_secs(5),
-            secret: Some(switchboard::delivery::signing::WebhookKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()),
+            secret: Some(
+                switchboard::delivery::signing::WebhookKey::parse(
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                )
+                .unwrap(),
+            ),
             allow_private: true,
         },
     );
@@ -61,7 +69,11 @@ async fn main() {
     let next = Arc::new(AtomicU64::new(0));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..32 {
-        let (client, next, url) = (client.clone(), next.clone(), format!("{base}/v1/notifications"));
+        let (client, next, url) = (
+            client.clone(),
+            next.clone(),
+            format!("{base}/v1/notifications"),
+        );
         senders.spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -78,7 +90,10 @@ async fn main() {
     let at_start = received.load(Ordering::Relaxed);
     while received.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(start.elapsed() < Duration::from_secs(600), "not all jobs were delivered");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "not all jobs were delivered"
+        );
     }
     let total = began.elapsed().as_secs_f64();
     println!(
