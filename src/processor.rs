@@ -5,6 +5,7 @@
 
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
 use crate::store::{Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent, now_millis};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -107,13 +108,7 @@ async fn process(
             return false;
         }
     };
-    for result in &results {
-        if let Some(errors) = result.record.get("verdicts").and_then(|v| v.as_array()) {
-            for verdict in errors.iter().filter(|v| v.get("error").is_some()) {
-                tracing::warn!(event = result.event_id, rule = %verdict["rule"], error = %verdict["error"], "rule failed on an event");
-            }
-        }
-    }
+    log_rule_errors(&results);
     match store.finish_events(&results, owner, now_millis()).await {
         Ok(finished) => {
             if finished.len() < results.len() {
@@ -128,6 +123,47 @@ async fn process(
         Err(error) => {
             tracing::error!(%error, events = count, "recording processing failed; will retry after the lease");
             false
+        }
+    }
+}
+
+/// How often a rule that keeps failing is logged (each failure is in its event's record).
+const RULE_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs rules that failed in this batch: at most once per rule every [`RULE_ERROR_LOG_EVERY`],
+/// with how many failures that line stands for, so a rule broken for every event cannot flood
+/// the log.
+fn log_rule_errors(results: &[Finished]) {
+    /// Per rule: when it was last logged, and failures since.
+    type Logged = HashMap<String, (Option<std::time::Instant>, u64)>;
+    static LAST: std::sync::OnceLock<Mutex<Logged>> = std::sync::OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for result in results {
+        let verdicts = result.record.get("verdicts").and_then(|v| v.as_array());
+        for verdict in verdicts
+            .into_iter()
+            .flatten()
+            .filter(|v| v.get("error").is_some())
+        {
+            let rule = verdict["rule"].as_str().unwrap_or("?").to_string();
+            let entry = last.entry(rule.clone()).or_insert((None, 0));
+            entry.1 += 1;
+            if entry
+                .0
+                .is_none_or(|at| at.elapsed() >= RULE_ERROR_LOG_EVERY)
+            {
+                tracing::warn!(
+                    %rule,
+                    event = result.event_id,
+                    error = %verdict["error"],
+                    failures = entry.1,
+                    "rule failed (failures counts this one and those not logged since the last line)"
+                );
+                *entry = (Some(std::time::Instant::now()), 0);
+            }
         }
     }
 }
