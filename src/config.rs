@@ -88,6 +88,33 @@ pub struct Config {
     pub email_from: String,
     /// Where emails are written when no SMTP server is configured.
     pub outbox_dir: PathBuf,
+    /// Where each new callback task is sent, if anywhere.
+    pub callback_dispatch: Option<CallbackDispatch>,
+}
+
+/// Where a new callback task is sent (through the job queue), besides being stored.
+#[derive(Debug, Clone)]
+pub enum CallbackDispatch {
+    /// Udesk's web callback API: Udesk rings the customer, then an agent.
+    Udesk(UdeskApi),
+    /// A configured webhook target (`[webhooks.NAME]`), with the task as the body.
+    Webhook(String),
+}
+
+/// Udesk open API access for the web callback (`POST /open_api_v1/callcenter/web_callback`).
+#[derive(Debug, Clone)]
+pub struct UdeskApi {
+    /// e.g. `https://demo.udesk.cn`
+    pub base_url: String,
+    /// The admin account's email, sent as `email`.
+    pub email: String,
+    /// The open API token (signs each request; never sent or logged).
+    pub token: Secret,
+    /// The relay number customers are called from (`to_number`).
+    pub relay_number: String,
+    pub timeout: Duration,
+    /// May resolve to loopback, private or link-local addresses (SSRF guard off).
+    pub allow_private: bool,
 }
 
 /// How the SMTP connection is secured.
@@ -152,6 +179,7 @@ impl Config {
             smtp: None,
             email_from: "Switchboard <switchboard@localhost>".into(),
             outbox_dir: PathBuf::from("./data/outbox"),
+            callback_dispatch: None,
         }
     }
 
@@ -341,6 +369,28 @@ struct FileConfig {
     smtp: Option<SmtpFile>,
     email_from: Option<String>,
     outbox_dir: Option<PathBuf>,
+    callback_dispatch: Option<CallbackDispatchFile>,
+}
+
+/// `[callback_dispatch]`: exactly one of `webhook = "NAME"` or `[callback_dispatch.udesk]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallbackDispatchFile {
+    webhook: Option<String>,
+    udesk: Option<UdeskApiFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UdeskApiFile {
+    base_url: String,
+    email: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    relay_number: String,
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_private: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +553,52 @@ impl FileConfig {
             config.webhook_url_allowlist = delivery.webhook_url_allowlist;
             config.allow_private_targets = delivery.allow_private_targets;
         }
+        if let Some(dispatch) = self.callback_dispatch {
+            config.callback_dispatch = Some(match (dispatch.webhook, dispatch.udesk) {
+                (Some(target), None) => {
+                    if !config.webhook_targets.contains_key(&target) {
+                        return Err(ConfigError::invalid(
+                            "callback_dispatch.webhook",
+                            format!("no webhook target named `{target}` ([webhooks.{target}])"),
+                        ));
+                    }
+                    CallbackDispatch::Webhook(target)
+                }
+                (None, Some(udesk)) => {
+                    let token = match (udesk.token, udesk.token_file) {
+                        (Some(token), _) => token,
+                        (None, Some(path)) => read_secret_file(&path)?,
+                        (None, None) => {
+                            return Err(ConfigError::invalid(
+                                "callback_dispatch.udesk.token",
+                                "give `token` or `token_file`",
+                            ));
+                        }
+                    };
+                    let base_url = udesk.base_url.trim_end_matches('/').to_string();
+                    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+                        return Err(ConfigError::invalid(
+                            "callback_dispatch.udesk.base_url",
+                            format!("`{base_url}` is not an http(s) URL"),
+                        ));
+                    }
+                    CallbackDispatch::Udesk(UdeskApi {
+                        base_url,
+                        email: udesk.email,
+                        token: Secret::new(token.trim()),
+                        relay_number: udesk.relay_number,
+                        timeout: Duration::from_secs(udesk.timeout_secs.unwrap_or(10)),
+                        allow_private: udesk.allow_private,
+                    })
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "callback_dispatch",
+                        "give exactly one of `webhook = \"NAME\"` or `[callback_dispatch.udesk]`",
+                    ));
+                }
+            });
+        }
         Ok(())
     }
 }
@@ -589,6 +685,23 @@ mod tests {
         assert_eq!(config.ingest_tokens.len(), 2);
         let debug = format!("{config:?}");
         assert!(!debug.contains("tok-1"), "{debug}");
+    }
+
+    #[test]
+    fn callback_dispatch_takes_exactly_one_destination() {
+        let load = |text: &str| Config::load(&ServeArgs::default(), Some(file_with(text).path()));
+        let udesk = "[callback_dispatch.udesk]\nbase_url = \"https://demo.udesk.cn/\"\n\
+                     email = \"a@b.c\"\ntoken = \"s3cret\"\nrelay_number = \"0108\"\n";
+        let config = load(udesk).unwrap();
+        let Some(CallbackDispatch::Udesk(api)) = &config.callback_dispatch else {
+            panic!("udesk expected");
+        };
+        assert_eq!(api.base_url, "https://demo.udesk.cn");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let err = load("[callback_dispatch]\nwebhook = \"crm\"\n").unwrap_err();
+        assert!(err.to_string().contains("`crm`"), "{err}");
+        let err = load("[callback_dispatch]\n").unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
     }
 }
 

@@ -65,6 +65,14 @@ fn log_rules(rules: &rules::Rules) {
     );
 }
 
+/// Where dispatched tasks go, for the start-up log (no credentials).
+fn dispatch_target(dispatch: &config::CallbackDispatch) -> String {
+    match dispatch {
+        config::CallbackDispatch::Udesk(api) => format!("Udesk web callback at {}", api.base_url),
+        config::CallbackDispatch::Webhook(target) => format!("webhook target `{target}`"),
+    }
+}
+
 /// Runs the service on `listener` until `shutdown` resolves; then stops accepting, finishes
 /// in-flight requests, commits what they queued, lets the processor finish its batch, and closes
 /// the store.
@@ -129,30 +137,48 @@ pub async fn run(
         .webhook_targets
         .values()
         .map(|t| t.timeout)
+        .chain(match &config.callback_dispatch {
+            Some(config::CallbackDispatch::Udesk(api)) => Some(api.timeout),
+            _ => None,
+        })
         .max()
         .unwrap_or_default();
-    let webhooks = delivery::worker::WebhookDeliverer {
-        store: store.clone(),
-        settings: delivery::worker::WebhookSettings {
-            targets: Arc::new(config.webhook_targets.clone()),
-            allowlist: Arc::new(config.webhook_url_allowlist.clone()),
-            allow_private: config.allow_private_targets,
-        },
-        clients: delivery::webhook::Clients::new().map_err(|e| ServeError::Http(e.to_string()))?,
+    let schedule = Arc::new(config.retry_schedule.clone());
+    let worker = |deliver: Arc<dyn delivery::worker::Deliver>,
+                  ready: Arc<Notify>,
+                  max_in_flight: usize,
+                  attempt_timeout: std::time::Duration| {
+        tokio::spawn(delivery::worker::run(
+            store.clone(),
+            deliver,
+            schedule.clone(),
+            ready,
+            delivery::worker::WorkerConfig {
+                owner: processor::owner_id(),
+                batch: 64,
+                max_in_flight,
+                lease: config.processing_lease.max(attempt_timeout * 2),
+                poll: config.processing_poll,
+            },
+            stop_delivery.clone(),
+        ))
     };
-    let webhook_task = tokio::spawn(delivery::worker::run(
-        store.clone(),
-        Arc::new(webhooks),
-        Arc::new(config.retry_schedule.clone()),
+    let webhook_settings = delivery::worker::WebhookSettings {
+        targets: Arc::new(config.webhook_targets.clone()),
+        allowlist: Arc::new(config.webhook_url_allowlist.clone()),
+        allow_private: config.allow_private_targets,
+    };
+    let clients = delivery::webhook::Clients::new().map_err(|e| ServeError::Http(e.to_string()))?;
+    let mut delivery_tasks = vec![worker(
+        Arc::new(delivery::worker::WebhookDeliverer {
+            store: store.clone(),
+            settings: webhook_settings.clone(),
+            clients: clients.clone(),
+        }),
         jobs_ready,
-        delivery::worker::WorkerConfig {
-            owner: processor::owner_id(),
-            batch: 64,
-            lease: config.processing_lease.max(longest_timeout * 2),
-            poll: config.processing_poll,
-        },
-        stop_delivery.clone(),
-    ));
+        256,
+        longest_timeout,
+    )];
 
     let mailer = match &config.smtp {
         Some(smtp) => {
@@ -174,48 +200,39 @@ pub async fn run(
             .parse()
             .map_err(|_| ServeError::Mail(format!("invalid email_from `{}`", config.email_from)))?,
     };
-    let email_task = tokio::spawn(delivery::worker::run(
-        store.clone(),
-        Arc::new(emails),
-        Arc::new(config.retry_schedule.clone()),
-        email_ready,
-        delivery::worker::WorkerConfig {
-            owner: processor::owner_id(),
-            batch: 32,
-            lease: config.processing_lease.max(
-                config
-                    .smtp
-                    .as_ref()
-                    .map(|s| s.timeout * 2)
-                    .unwrap_or_default(),
-            ),
-            poll: config.processing_poll,
-        },
-        stop_delivery.clone(),
-    ));
+    let smtp_timeout = config.smtp.as_ref().map(|s| s.timeout).unwrap_or_default();
+    delivery_tasks.push(worker(Arc::new(emails), email_ready, 32, smtp_timeout));
 
-    // Callback tasks: one worker records them (merged per phone), one closes them.
-    let mut callback_tasks = Vec::new();
+    // Callback tasks: one worker records them (merged per phone), one closes them, and one sends
+    // new tasks out when `[callback_dispatch]` says where.
+    let dispatch_ready = config
+        .callback_dispatch
+        .as_ref()
+        .map(|_| Arc::new(Notify::new()));
+    if let (Some(dispatch), Some(ready)) = (&config.callback_dispatch, &dispatch_ready) {
+        tracing::info!(to = ?dispatch_target(dispatch), "new callback tasks are dispatched");
+        delivery_tasks.push(worker(
+            Arc::new(delivery::worker::DispatchDeliverer {
+                store: store.clone(),
+                dispatch: dispatch.clone(),
+                webhooks: webhook_settings.clone(),
+                clients: clients.clone(),
+            }),
+            ready.clone(),
+            32,
+            longest_timeout,
+        ));
+    }
     for (kind, ready) in ["callback_task", "close_callback_tasks"]
         .into_iter()
         .zip(callbacks_ready)
     {
-        callback_tasks.push(tokio::spawn(delivery::worker::run(
-            store.clone(),
-            Arc::new(delivery::worker::CallbackDeliverer {
-                store: store.clone(),
-                kind,
-            }),
-            Arc::new(config.retry_schedule.clone()),
-            ready,
-            delivery::worker::WorkerConfig {
-                owner: processor::owner_id(),
-                batch: 64,
-                lease: config.processing_lease,
-                poll: config.processing_poll,
-            },
-            stop_delivery.clone(),
-        )));
+        let deliver = delivery::worker::CallbackDeliverer {
+            store: store.clone(),
+            kind,
+            dispatch: dispatch_ready.clone(),
+        };
+        delivery_tasks.push(worker(Arc::new(deliver), ready, 64, Default::default()));
     }
 
     if config.ingest_tokens.is_empty() {
@@ -248,9 +265,7 @@ pub async fn run(
     stop_processing.cancel();
     let _ = processor_task.await;
     stop_delivery.cancel();
-    let _ = webhook_task.await;
-    let _ = email_task.await;
-    for task in callback_tasks {
+    for task in delivery_tasks {
         let _ = task.await;
     }
     store.close().await;

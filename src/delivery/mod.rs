@@ -1,8 +1,10 @@
-//! Delivery of the actions matching rules ask for: a durable, retrying job queue and the senders
-//! (email, webhook, callback tasks). So far: the pure retry policy and request signing.
+//! Delivery of the actions matching rules ask for: the retry policy and request signing (PURE),
+//! the senders (email, webhook, Udesk web callback) and the workers that run the durable,
+//! retrying job queue.
 
 pub mod email;
 pub mod retry;
 pub mod signing;
+pub mod udesk;
 pub mod webhook;
 pub mod worker;

@@ -61,6 +61,11 @@ pub enum AttemptResult {
     Permanent {
         reason: String,
     },
+    /// Nothing to do any more (e.g. the callback task was closed before it was dispatched): the
+    /// job is done, and the reason is recorded with the attempt.
+    Skipped {
+        reason: String,
+    },
 }
 
 /// What happens to the job next.
@@ -86,7 +91,7 @@ pub fn decide(
     key: &str,
 ) -> Decision {
     match result {
-        AttemptResult::Success => Decision::Done,
+        AttemptResult::Success | AttemptResult::Skipped { .. } => Decision::Done,
         AttemptResult::Permanent { reason } => Decision::Dead {
             reason: reason.clone(),
         },

@@ -160,11 +160,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The result of one attempt, with the status code when there was an answer.
+/// The result of one attempt, with the status code and the start of the body when there was an
+/// answer.
 pub struct Sent {
     pub result: AttemptResult,
     pub code: Option<i64>,
+    /// The first [`KEPT_BODY_BYTES`] of the response body (read whole, so the connection can be
+    /// reused, but not kept).
+    pub body: Vec<u8>,
 }
+
+/// How much of a response body an attempt keeps.
+pub const KEPT_BODY_BYTES: usize = 4096;
 
 /// Sends a prepared request. DNS answers are checked by the guarded client (see
 /// [`guarded_client`]) unless the request may reach private addresses.
@@ -180,6 +187,7 @@ pub async fn send(clients: &Clients, request: &PreparedRequest) -> Sent {
                 reason: format!("invalid HTTP method `{}`", request.method),
             },
             code: None,
+            body: Vec::new(),
         };
     };
     let mut builder = client
@@ -190,16 +198,23 @@ pub async fn send(clients: &Clients, request: &PreparedRequest) -> Sent {
         builder = builder.header(name, value);
     }
     match builder.send().await {
-        Ok(response) => {
+        Ok(mut response) => {
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
+            let mut body = Vec::new();
+            // The answer counts once its status is in; a body cut short changes nothing.
+            while let Ok(Some(chunk)) = response.chunk().await {
+                let room = KEPT_BODY_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
             Sent {
                 result: classify_http(status, retry_after),
                 code: Some(i64::from(status)),
+                body,
             }
         }
         Err(error) => {
@@ -230,6 +245,7 @@ pub async fn send(clients: &Clients, request: &PreparedRequest) -> Sent {
                     }
                 },
                 code: None,
+                body: Vec::new(),
             }
         }
     }

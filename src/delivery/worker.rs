@@ -8,11 +8,11 @@ use super::retry::{AttemptResult, Decision, Schedule, decide};
 use super::webhook::{self, Clients, WebhookContext};
 use crate::config::WebhookTarget;
 use crate::rules::ActionRequest;
-use crate::store::{AttemptRecord, JobNext, Lease, Store, StoredJob, now_millis};
+use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob, now_millis};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Runs one attempt of a job of one kind.
@@ -60,13 +60,26 @@ impl Deliver for WebhookDeliverer {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub owner: String,
+    /// Most jobs claimed at once.
     pub batch: u32,
+    /// Most attempts in flight at once.
+    pub max_in_flight: usize,
     /// Longer than any attempt can take (the longest target timeout and then some).
     pub lease: Duration,
     pub poll: Duration,
 }
 
+/// An attempt made, on its way to the recorder.
+struct Made {
+    job: StoredJob,
+    done: FinishedAttempt,
+}
+
 /// Runs a worker for `deliver`'s kind until `shutdown`, finishing the attempts in hand first.
+///
+/// Jobs are claimed while there is room (`max_in_flight`) and each runs on its own, so a slow
+/// target holds up only its own jobs. Finished attempts go to one recorder, which writes all that
+/// have arrived in one transaction: a few commits per second however many jobs complete.
 pub async fn run(
     store: Arc<dyn Store>,
     deliver: Arc<dyn Deliver>,
@@ -76,35 +89,57 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
-    while !shutdown.is_cancelled() {
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let (made_tx, made_rx) = mpsc::channel::<Made>(config.max_in_flight.max(1));
+    let recorder = tokio::spawn(record_loop(store.clone(), config.owner.clone(), made_rx));
+    loop {
+        // Wait for room for at least one attempt, then take what room there is.
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < config.batch as usize {
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
         let now = now_millis();
         let lease = Lease {
             owner: config.owner.clone(),
             now,
             until: now.saturating_add(lease_ms),
         };
-        match store.claim_jobs(&lease, deliver.kind(), config.batch).await {
-            Ok(jobs) if !jobs.is_empty() => {
-                let mut running = tokio::task::JoinSet::new();
-                for job in jobs {
-                    let (store, deliver, schedule, owner) = (
-                        store.clone(),
-                        deliver.clone(),
-                        schedule.clone(),
-                        config.owner.clone(),
-                    );
-                    running.spawn(async move {
-                        let (attempt, next) = attempt_job(&*deliver, &schedule, &job).await;
-                        record(&*store, &job, &owner, &attempt, next).await;
-                    });
-                }
-                running.join_all().await;
-                continue;
-            }
-            Ok(_) => {}
+        let wanted = permits.len();
+        let claimed = match store
+            .claim_jobs(
+                &lease,
+                deliver.kind(),
+                u32::try_from(wanted).unwrap_or(u32::MAX),
+            )
+            .await
+        {
+            Ok(jobs) => jobs,
             Err(error) => {
-                tracing::error!(%error, kind = deliver.kind(), "claiming jobs failed; will retry")
+                tracing::error!(%error, kind = deliver.kind(), "claiming jobs failed; will retry");
+                Vec::new()
             }
+        };
+        let full = claimed.len() == wanted;
+        for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            let (deliver, schedule, made_tx) = (deliver.clone(), schedule.clone(), made_tx.clone());
+            tokio::spawn(async move {
+                let done = attempt_job(&*deliver, &schedule, &job).await;
+                // The permit is held until the recorder has the attempt: in-flight work stays
+                // bounded, and shutdown waits for every attempt to be handed over.
+                let _ = made_tx.send(Made { job, done }).await;
+                drop(permit);
+            });
+        }
+        drop(permits);
+        if full {
+            continue;
         }
         tokio::select! {
             _ = wake.notified() => {}
@@ -112,36 +147,55 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
+    // Every attempt in flight finishes and is handed to the recorder, which then drains.
+    let all = u32::try_from(config.max_in_flight.max(1)).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    drop(made_tx);
+    let _ = recorder.await;
 }
 
-async fn record(
-    store: &dyn Store,
-    job: &StoredJob,
-    owner: &str,
-    attempt: &AttemptRecord,
-    next: JobNext,
-) {
-    match store.record_attempt(job.id, owner, attempt, next).await {
-        Ok(true) => match next {
-            JobNext::Dead => tracing::error!(
-                job = job.id, rule = %job.rule, kind = %job.kind,
-                reason = attempt.detail.as_deref().unwrap_or(""),
-                "job dead-lettered: no further attempts (an operator can retry it)"
-            ),
-            JobNext::RetryAt(at) => tracing::warn!(
-                job = job.id, rule = %job.rule, attempt = job.attempts + 1, retry_at = at,
-                reason = attempt.detail.as_deref().unwrap_or(""),
-                "delivery failed; will retry"
-            ),
-            JobNext::Done => tracing::debug!(job = job.id, "delivered"),
-        },
-        Ok(false) => tracing::warn!(
+/// Records finished attempts, as many per transaction as have arrived.
+async fn record_loop(store: Arc<dyn Store>, owner: String, mut made_rx: mpsc::Receiver<Made>) {
+    const MOST_PER_COMMIT: usize = 512;
+    let mut made = Vec::with_capacity(MOST_PER_COMMIT);
+    while made_rx.recv_many(&mut made, MOST_PER_COMMIT).await > 0 {
+        let batch: Vec<FinishedAttempt> = made.iter().map(|m| m.done.clone()).collect();
+        match store.record_attempts(&owner, &batch).await {
+            Ok(recorded) => {
+                for (m, recorded) in made.iter().zip(recorded) {
+                    log_recorded(&m.job, &m.done, recorded);
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    jobs = made.len(), %error,
+                    "recording attempts failed; those jobs run again after their lease"
+                );
+            }
+        }
+        made.clear();
+    }
+}
+
+fn log_recorded(job: &StoredJob, done: &FinishedAttempt, recorded: bool) {
+    let reason = done.attempt.detail.as_deref().unwrap_or("");
+    if !recorded {
+        tracing::warn!(
             job = job.id,
             "lease lost before recording; another worker has the job"
+        );
+        return;
+    }
+    match done.next {
+        JobNext::Dead => tracing::error!(
+            job = job.id, rule = %job.rule, kind = %job.kind, reason,
+            "job dead-lettered: no further attempts (an operator can retry it)"
         ),
-        Err(error) => {
-            tracing::error!(job = job.id, %error, "recording the attempt failed; the job runs again after its lease")
-        }
+        JobNext::RetryAt(at) => tracing::warn!(
+            job = job.id, rule = %job.rule, attempt = job.attempts + 1, retry_at = at, reason,
+            "delivery failed; will retry"
+        ),
+        JobNext::Done => tracing::debug!(job = job.id, "delivered"),
     }
 }
 
@@ -150,7 +204,7 @@ async fn attempt_job(
     deliver: &dyn Deliver,
     schedule: &Schedule,
     job: &StoredJob,
-) -> (AttemptRecord, JobNext) {
+) -> FinishedAttempt {
     let started_at = now_millis();
     let clock = Instant::now();
     let (result, code) = deliver.attempt(job).await;
@@ -170,6 +224,7 @@ async fn attempt_job(
         AttemptResult::Success => ("success", None),
         AttemptResult::Transient { reason, .. } => ("transient", Some(reason)),
         AttemptResult::Permanent { reason } => ("permanent", Some(reason)),
+        AttemptResult::Skipped { reason } => ("skipped", Some(reason)),
     };
     let attempt = AttemptRecord {
         started_at,
@@ -178,7 +233,11 @@ async fn attempt_job(
         code,
         detail,
     };
-    (attempt, next)
+    FinishedAttempt {
+        job_id: job.id,
+        attempt,
+        next,
+    }
 }
 
 /// The request for a job, or the permanent failure that makes it unsendable.
@@ -258,6 +317,8 @@ pub struct CallbackDeliverer {
     pub store: Arc<dyn Store>,
     /// `callback_task` or `close_callback_tasks`.
     pub kind: &'static str,
+    /// Set when new tasks are dispatched: woken when one is created.
+    pub dispatch: Option<Arc<Notify>>,
 }
 
 #[async_trait::async_trait]
@@ -284,11 +345,16 @@ impl Deliver for CallbackDeliverer {
                     rule: job.rule.clone(),
                     priority,
                     due_at: job.created_at.saturating_add(due_in),
+                    dispatch: self.dispatch.is_some(),
                 };
-                self.store
+                let stored = self
+                    .store
                     .upsert_callback_task(&request, now_millis())
-                    .await
-                    .map(|_| ())
+                    .await;
+                if let (Ok(_), Some(wake)) = (&stored, &self.dispatch) {
+                    wake.notify_one();
+                }
+                stored.map(|_| ())
             }
             Ok(ActionRequest::CloseCallbackTasks { phone, note }) => {
                 let outcome = note.unwrap_or_else(|| format!("closed by rule {}", job.rule));
@@ -311,6 +377,90 @@ impl Deliver for CallbackDeliverer {
                 },
                 None,
             ),
+        }
+    }
+}
+
+/// Sends each new callback task where `[callback_dispatch]` says: Udesk's web callback API, or a
+/// webhook target (signed like any webhook, `webhook-id` from the job's key).
+pub struct DispatchDeliverer {
+    pub store: Arc<dyn Store>,
+    pub dispatch: crate::config::CallbackDispatch,
+    pub webhooks: WebhookSettings,
+    pub clients: Clients,
+}
+
+#[async_trait::async_trait]
+impl Deliver for DispatchDeliverer {
+    fn kind(&self) -> &'static str {
+        crate::store::CALLBACK_DISPATCH_KIND
+    }
+
+    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
+        let Some(task_id) = job.spec["task_id"].as_i64() else {
+            let reason = format!("job {} names no callback task", job.id);
+            return (AttemptResult::Permanent { reason }, None);
+        };
+        let task = match self.store.get_callback_task(task_id).await {
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                let reason = format!("callback task {task_id} does not exist");
+                return (AttemptResult::Permanent { reason }, None);
+            }
+            Err(error) => {
+                let reason = format!("reading callback task {task_id} failed: {error}");
+                let result = AttemptResult::Transient {
+                    reason,
+                    retry_after: None,
+                };
+                return (result, None);
+            }
+        };
+        if matches!(task.status.as_str(), "done" | "cancelled") {
+            let reason = format!(
+                "task {task_id} was {} before it was dispatched",
+                task.status
+            );
+            return (AttemptResult::Skipped { reason }, None);
+        }
+        let now = now_millis();
+        match &self.dispatch {
+            crate::config::CallbackDispatch::Udesk(api) => {
+                let seed = format!("{}:{}", job.idempotency_key, job.attempts + 1);
+                let request = super::udesk::prepare_web_callback(api, &task, &seed, now / 1000);
+                let sent = webhook::send(&self.clients, &request).await;
+                (
+                    super::udesk::classify_answer(sent.result, &sent.body),
+                    sent.code,
+                )
+            }
+            crate::config::CallbackDispatch::Webhook(target) => {
+                let ctx = WebhookContext {
+                    targets: &self.webhooks.targets,
+                    allowlist: &self.webhooks.allowlist,
+                    allow_private: self.webhooks.allow_private,
+                };
+                let body = super::udesk::task_webhook_body(&task);
+                match webhook::prepare(
+                    &ctx,
+                    Some(target),
+                    None,
+                    &body,
+                    &job.idempotency_key,
+                    now / 1000,
+                ) {
+                    Ok(request) => {
+                        let sent = webhook::send(&self.clients, &request).await;
+                        (sent.result, sent.code)
+                    }
+                    Err(error) => (
+                        AttemptResult::Permanent {
+                            reason: error.to_string(),
+                        },
+                        None,
+                    ),
+                }
+            }
         }
     }
 }

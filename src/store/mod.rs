@@ -218,6 +218,14 @@ pub enum JobNext {
     Dead,
 }
 
+/// An attempt of a claimed job, ready to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedAttempt {
+    pub job_id: i64,
+    pub attempt: AttemptRecord,
+    pub next: JobNext,
+}
+
 /// An attempt as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredAttempt {
@@ -237,7 +245,13 @@ pub struct CallbackRequest {
     /// Higher is more urgent.
     pub priority: i64,
     pub due_at: Millis,
+    /// Queue a [`CALLBACK_DISPATCH_KIND`] job (in the same transaction) when this creates a task.
+    pub dispatch: bool,
 }
+
+/// The job kind that sends a new callback task out (Udesk's web callback API or a webhook).
+/// Its spec is `{"task_id": …}`.
+pub const CALLBACK_DISPATCH_KIND: &str = "callback_dispatch";
 
 /// A callback task as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -341,22 +355,38 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError>;
 
-    /// Records an attempt of a claimed job and what happens next, in one transaction. Returns
-    /// false (and records nothing) when `owner` no longer holds the job's lease.
+    /// Records attempts of claimed jobs and what happens next to each, all in one transaction.
+    /// An entry is false (and nothing is recorded for it) when `owner` no longer holds that
+    /// job's lease.
+    async fn record_attempts(
+        &self,
+        owner: &str,
+        batch: &[FinishedAttempt],
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Records one attempt: [`Store::record_attempts`] with a batch of one.
     async fn record_attempt(
         &self,
         job_id: i64,
         owner: &str,
         attempt: &AttemptRecord,
         next: JobNext,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let batch = [FinishedAttempt {
+            job_id,
+            attempt: attempt.clone(),
+            next,
+        }];
+        Ok(self.record_attempts(owner, &batch).await?[0])
+    }
 
     /// A job's attempts, in order.
     async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError>;
 
     /// Records a call-back request: a new open task for the phone, or (when one is open or
     /// claimed) the request merged into it: its reason appended (once per event and rule), the
-    /// priority raised and the due time brought forward if the request asks for it.
+    /// priority raised and the due time brought forward if the request asks for it. A new task
+    /// with `request.dispatch` also gets its dispatch job, in the same transaction.
     async fn upsert_callback_task(
         &self,
         request: &CallbackRequest,

@@ -2,9 +2,9 @@
 //! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
 
 use super::{
-    AttemptRecord, CallbackRequest, CallbackTask, EventId, EventQuery, Finished, Inserted, JobNext,
-    Lease, Millis, NewEvent, Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent,
-    StoredJob, TaskQuery,
+    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted, Lease,
+    Millis, NewEvent, Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent, StoredJob,
+    TaskQuery,
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
@@ -180,14 +180,12 @@ impl Store for PostgresStore {
         sql::jobs_by_id!(Postgres, &self.pool, &ids)
     }
 
-    async fn record_attempt(
+    async fn record_attempts(
         &self,
-        job_id: i64,
         owner: &str,
-        attempt: &AttemptRecord,
-        next: JobNext,
-    ) -> Result<bool, StoreError> {
-        sql::record_attempt!(self.pool, job_id, owner, attempt, next)
+        batch: &[FinishedAttempt],
+    ) -> Result<Vec<bool>, StoreError> {
+        sql::record_attempts!(self.pool, owner, batch)
     }
 
     async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {

@@ -410,51 +410,57 @@ macro_rules! jobs_by_id {
 }
 pub(super) use jobs_by_id;
 
-/// The body of `Store::record_attempt`, the same on both backends.
-macro_rules! record_attempt {
-    ($pool:expr, $job_id:expr, $owner:expr, $attempt:expr, $next:expr) => {{
-        let (job_id, owner, attempt, next): (i64, &str, &super::AttemptRecord, super::JobNext) =
-            ($job_id, $owner, $attempt, $next);
-        let ended = attempt.started_at + attempt.duration_ms;
-        let (status, next_at, finished_at) = match next {
-            super::JobNext::Done => (super::job_status::DONE, 0, Some(ended)),
-            super::JobNext::RetryAt(at) => (super::job_status::RETRYING, at, None),
-            super::JobNext::Dead => (super::job_status::DEAD, 0, Some(ended)),
-        };
+/// The body of `Store::record_attempts`: one transaction for the whole batch. A job whose lease
+/// `owner` no longer holds is left alone (its entry is false).
+macro_rules! record_attempts {
+    ($pool:expr, $owner:expr, $batch:expr) => {{
+        let (owner, batch): (&str, &[super::FinishedAttempt]) = ($owner, $batch);
+        let mut recorded = Vec::with_capacity(batch.len());
         let mut tx = $pool.begin().await?;
-        let updated: Option<(i64,)> = sqlx::query_as(
-            "UPDATE jobs SET attempts = attempts + 1, status = $1, next_attempt_at = $2, \
-             finished_at = $3, lease_owner = NULL, lease_until = 0 \
-             WHERE id = $4 AND lease_owner = $5 RETURNING attempts",
-        )
-        .bind(status)
-        .bind(next_at)
-        .bind(finished_at)
-        .bind(job_id)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((number,)) = updated else {
-            return Ok(false);
-        };
-        sqlx::query(
-            "INSERT INTO job_attempts (job_id, attempt, started_at, duration_ms, outcome, code, \
-             detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(job_id)
-        .bind(number)
-        .bind(attempt.started_at)
-        .bind(attempt.duration_ms)
-        .bind(&attempt.outcome)
-        .bind(attempt.code)
-        .bind(&attempt.detail)
-        .execute(&mut *tx)
-        .await?;
+        for done in batch {
+            let attempt = &done.attempt;
+            let ended = attempt.started_at + attempt.duration_ms;
+            let (status, next_at, finished_at) = match done.next {
+                super::JobNext::Done => (super::job_status::DONE, 0, Some(ended)),
+                super::JobNext::RetryAt(at) => (super::job_status::RETRYING, at, None),
+                super::JobNext::Dead => (super::job_status::DEAD, 0, Some(ended)),
+            };
+            let updated: Option<(i64,)> = sqlx::query_as(
+                "UPDATE jobs SET attempts = attempts + 1, status = $1, next_attempt_at = $2, \
+                 finished_at = $3, lease_owner = NULL, lease_until = 0 \
+                 WHERE id = $4 AND lease_owner = $5 RETURNING attempts",
+            )
+            .bind(status)
+            .bind(next_at)
+            .bind(finished_at)
+            .bind(done.job_id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((number,)) = updated else {
+                recorded.push(false);
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO job_attempts (job_id, attempt, started_at, duration_ms, outcome, \
+                 code, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(done.job_id)
+            .bind(number)
+            .bind(attempt.started_at)
+            .bind(attempt.duration_ms)
+            .bind(&attempt.outcome)
+            .bind(attempt.code)
+            .bind(&attempt.detail)
+            .execute(&mut *tx)
+            .await?;
+            recorded.push(true);
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(recorded)
     }};
 }
-pub(super) use record_attempt;
+pub(super) use record_attempts;
 
 /// The body of `Store::upsert_callback_task` (`$lock` is ` FOR UPDATE` where the backend has it):
 /// merge into the phone's open task, or insert one. A concurrent insert for the same phone by
@@ -520,6 +526,23 @@ macro_rules! upsert_callback_task {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((id,)) = inserted {
+                if request.dispatch {
+                    // The new task goes out (Udesk web callback or a webhook) through the job
+                    // queue; queued in this transaction, so a task is never created without it.
+                    sqlx::query(
+                        "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, \
+                         spec, status, created_at) VALUES ($1, $2, $3, 0, $4, $5, 'pending', $6) \
+                         ON CONFLICT (idempotency_key) DO NOTHING",
+                    )
+                    .bind(format!("callback-task:{id}:dispatch"))
+                    .bind(request.event_id)
+                    .bind(&request.rule)
+                    .bind(super::CALLBACK_DISPATCH_KIND)
+                    .bind(serde_json::json!({ "task_id": id }).to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let row: super::row::TaskRow =
                     sqlx::query_as(&format!("{} WHERE id = $1", super::row::TASK_SELECT))
                         .bind(id)

@@ -2,6 +2,7 @@
 
 mod crash;
 mod delivery;
+mod dispatch;
 mod email;
 mod intake;
 mod props;

@@ -586,6 +586,7 @@ async fn one_open_callback_task_per_phone_merging_requests() {
             rule: rule.into(),
             priority,
             due_at,
+            dispatch: true,
         };
         let first = store
             .upsert_callback_task(&request(ids[0], "a", 1, 5_000), 100)
@@ -674,5 +675,18 @@ async fn one_open_callback_task_per_phone_merging_requests() {
             3,
             "{name}"
         );
+        // Each created task was queued for dispatch once, in its own transaction; merges were not.
+        let mut dispatched: Vec<i64> = store
+            .list_jobs(None, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|j| j.kind == switchboard::store::CALLBACK_DISPATCH_KIND)
+            .map(|j| j.spec["task_id"].as_i64().unwrap())
+            .collect();
+        dispatched.sort();
+        let mut created = vec![first.id, other.id, again.id];
+        created.sort();
+        assert_eq!(dispatched, created, "{name}");
     }
 }
