@@ -2,9 +2,9 @@
 //! commit is on disk before the call returns.
 
 use super::{
-    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted, Lease,
-    Millis, NewEvent, Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent, StoredJob,
-    TaskQuery,
+    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
+    InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
+    StoredAttempt, StoredEvaluation, StoredEvent, StoredJob, TaskQuery,
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
@@ -322,6 +322,83 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let pool = &self.writer;
         sql::update_callback_task!(*pool, id, from, status, agent, outcome, now)
+    }
+
+    async fn list_evaluations(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<(EventId, StoredEvaluation)>, StoreError> {
+        sql::list_evaluations!(Sqlite, &self.reader, ids)
+    }
+
+    async fn insert_replay_jobs(
+        &self,
+        event_id: EventId,
+        run: &str,
+        jobs: &[NewJob],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        sql::insert_replay_jobs!(self.writer, event_id, run, jobs, now)
+    }
+
+    async fn overview(&self, since: Millis, now: Millis) -> Result<Overview, StoreError> {
+        sql::overview!(&self.reader, since, now)
+    }
+
+    async fn add_mute(
+        &self,
+        scope: &str,
+        value: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Mute, StoreError> {
+        Ok(sqlx::query_as(sql::ADD_MUTE.as_str())
+            .bind(scope)
+            .bind(value)
+            .bind(until)
+            .bind(reason)
+            .bind(now)
+            .fetch_one(&self.writer)
+            .await?)
+    }
+
+    async fn list_mutes(&self, active_only: bool, now: Millis) -> Result<Vec<Mute>, StoreError> {
+        Ok(sqlx::query_as(sql::LIST_MUTES.as_str())
+            .bind(i64::from(active_only))
+            .bind(now)
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
+    async fn lift_mute(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::LIFT_MUTE)
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn heartbeat(&self, instance: &InstanceInfo) -> Result<(), StoreError> {
+        sqlx::query(sql::HEARTBEAT)
+            .bind(&instance.id)
+            .bind(instance.started_at)
+            .bind(instance.seen_at)
+            .bind(&instance.ruleset_version)
+            .bind(&instance.rules_dir)
+            .bind(&instance.listen)
+            .bind(&instance.version)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError> {
+        Ok(sqlx::query_as(sql::LIST_INSTANCES)
+            .bind(since)
+            .fetch_all(&self.reader)
+            .await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
+mod console;
 mod crash;
 mod delivery;
 mod dispatch;
