@@ -2,10 +2,13 @@
 //! [`Store`] trait, so that the embedded SQLite backend and a shared PostgreSQL backend are
 //! interchangeable. Times are unix milliseconds (UTC).
 
+mod common;
 mod postgres;
 mod row;
 mod sql;
 mod sqlite;
+
+use common::impl_store;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

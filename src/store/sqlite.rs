@@ -8,7 +8,6 @@ use super::{
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
-use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -61,8 +60,9 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
+super::impl_store! {
+    SqliteStore, Sqlite, writer = writer, reader = reader, row_lock = "";
+
     async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
         let columns = batch
             .iter()
@@ -112,10 +112,6 @@ impl Store for SqliteStore {
         sql::resolve_inserted(batch, inserted, existing)
     }
 
-    async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        sql::fetch_one_row!(&self.reader, EventRow, sql::GET_EVENT.as_str(), id)
-    }
-
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
         sql::push_event_filters(&mut qb, query);
@@ -155,40 +151,6 @@ impl Store for SqliteStore {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
-    async fn finish_events(
-        &self,
-        finished: &[Finished],
-        owner: &str,
-        now: Millis,
-    ) -> Result<Vec<EventId>, StoreError> {
-        sql::finish_events!(Sqlite, self.writer, finished, owner, now)
-    }
-
-    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-        sql::count_hits!(&self.reader, key, since)
-    }
-
-    async fn get_evaluation(
-        &self,
-        event_id: EventId,
-    ) -> Result<Option<StoredEvaluation>, StoreError> {
-        sql::fetch_one_row!(
-            &self.reader,
-            EvaluationRow,
-            sql::GET_EVALUATION.as_str(),
-            event_id
-        )
-    }
-
-    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
-        sql::fetch_rows!(
-            &self.reader,
-            JobRow,
-            sql::LIST_EVENT_JOBS.as_str(),
-            event_id
-        )
-    }
-
     async fn claim_jobs(
         &self,
         lease: &Lease,
@@ -213,197 +175,6 @@ impl Store for SqliteStore {
         }
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
         sql::jobs_by_id!(Sqlite, &self.reader, &ids)
-    }
-
-    async fn record_attempts(
-        &self,
-        owner: &str,
-        batch: &[FinishedAttempt],
-    ) -> Result<Vec<bool>, StoreError> {
-        sql::record_attempts!(self.writer, owner, batch)
-    }
-
-    async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
-        sql::fetch_rows!(
-            &self.reader,
-            AttemptRow,
-            sql::LIST_JOB_ATTEMPTS.as_str(),
-            job_id
-        )
-    }
-
-    async fn upsert_callback_task(
-        &self,
-        request: &CallbackRequest,
-        now: Millis,
-    ) -> Result<CallbackTask, StoreError> {
-        sql::upsert_callback_task!(self.writer, "", request, now)
-    }
-
-    async fn close_callback_tasks(
-        &self,
-        phone: &str,
-        outcome: &str,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(sql::CLOSE_CALLBACK_TASKS)
-            .bind(outcome)
-            .bind(now)
-            .bind(phone)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn list_callback_tasks(
-        &self,
-        query: &TaskQuery,
-    ) -> Result<Vec<CallbackTask>, StoreError> {
-        let rows: Vec<TaskRow> = sqlx::query_as(sql::LIST_TASKS.as_str())
-            .bind(&query.status)
-            .bind(&query.phone)
-            .bind(query.due_before)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.into_iter().map(TaskRow::into_stored).collect()
-    }
-
-    async fn list_jobs(
-        &self,
-        status: Option<&str>,
-        before_id: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<StoredJob>, StoreError> {
-        let rows: Vec<JobRow> = sqlx::query_as(sql::LIST_JOBS.as_str())
-            .bind(status)
-            .bind(before_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.into_iter().map(JobRow::into_stored).collect()
-    }
-
-    async fn get_job(&self, id: i64) -> Result<Option<StoredJob>, StoreError> {
-        sql::fetch_one_row!(&self.reader, JobRow, sql::GET_JOB.as_str(), id)
-    }
-
-    async fn retry_job(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(sql::RETRY_JOB)
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(sql::CANCEL_JOB)
-            .bind(note)
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError> {
-        sql::fetch_one_row!(&self.reader, TaskRow, sql::GET_TASK.as_str(), id)
-    }
-
-    async fn update_callback_task(
-        &self,
-        id: i64,
-        from: &[&str],
-        status: &str,
-        agent: Option<&str>,
-        outcome: Option<&str>,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let pool = &self.writer;
-        sql::update_callback_task!(*pool, id, from, status, agent, outcome, now)
-    }
-
-    async fn list_evaluations(
-        &self,
-        ids: &[EventId],
-    ) -> Result<Vec<(EventId, StoredEvaluation)>, StoreError> {
-        sql::list_evaluations!(Sqlite, &self.reader, ids)
-    }
-
-    async fn insert_replay_jobs(
-        &self,
-        event_id: EventId,
-        run: &str,
-        jobs: &[NewJob],
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        sql::insert_replay_jobs!(self.writer, event_id, run, jobs, now)
-    }
-
-    async fn overview(&self, since: Millis, now: Millis) -> Result<Overview, StoreError> {
-        sql::overview!(&self.reader, since, now)
-    }
-
-    async fn add_mute(
-        &self,
-        scope: &str,
-        value: &str,
-        until: Millis,
-        reason: &str,
-        now: Millis,
-    ) -> Result<Mute, StoreError> {
-        Ok(sqlx::query_as(sql::ADD_MUTE.as_str())
-            .bind(scope)
-            .bind(value)
-            .bind(until)
-            .bind(reason)
-            .bind(now)
-            .fetch_one(&self.writer)
-            .await?)
-    }
-
-    async fn list_mutes(&self, active_only: bool, now: Millis) -> Result<Vec<Mute>, StoreError> {
-        Ok(sqlx::query_as(sql::LIST_MUTES.as_str())
-            .bind(i64::from(active_only))
-            .bind(now)
-            .fetch_all(&self.reader)
-            .await?)
-    }
-
-    async fn lift_mute(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(sql::LIFT_MUTE)
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn heartbeat(&self, instance: &InstanceInfo) -> Result<(), StoreError> {
-        sqlx::query(sql::HEARTBEAT)
-            .bind(&instance.id)
-            .bind(instance.started_at)
-            .bind(instance.seen_at)
-            .bind(&instance.ruleset_version)
-            .bind(&instance.rules_dir)
-            .bind(&instance.listen)
-            .bind(&instance.version)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError> {
-        Ok(sqlx::query_as(sql::LIST_INSTANCES)
-            .bind(since)
-            .fetch_all(&self.reader)
-            .await?)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
     }
 
     async fn close(&self) {
