@@ -34,9 +34,10 @@ impl Committer {
         store: Arc<dyn Store>,
         committed: Arc<Notify>,
         max_batch: usize,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (Committer, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(max_batch.max(1) * 4);
-        let task = tokio::spawn(commit_loop(store, committed, rx, max_batch.max(1)));
+        let task = tokio::spawn(commit_loop(store, committed, rx, max_batch.max(1), metrics));
         (Committer { queue }, task)
     }
 
@@ -56,6 +57,7 @@ async fn commit_loop(
     committed: Arc<Notify>,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut events = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
@@ -65,7 +67,10 @@ async fn commit_loop(
             events.push(event);
             replies.push(reply);
         }
-        match store.insert_events(&events).await {
+        let started = std::time::Instant::now();
+        let inserted = store.insert_events(&events).await;
+        metrics.store_call("insert_events", started);
+        match inserted {
             Ok(results) => {
                 if results.iter().any(|r| !r.duplicate) {
                     committed.notify_one();

@@ -18,6 +18,7 @@
 //! - [`rules`]: Rhai rules: compile, evaluate (PURE), load and hot-reload, check/try/test.
 //! - [`delivery`]: what executes the actions (retry policy, signing, email building so far).
 //! - [`instance`]: this process's heartbeat row: which rule set it runs.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`replay`]: replay and what-if over stored events.
 //! - [`api`]: the HTTP surface (`router(state)`), auth, errors.
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod instance;
+pub mod metrics;
 pub mod processor;
 pub mod replay;
 pub mod rules;
@@ -110,6 +112,7 @@ pub async fn run(
         }
     });
     let instance_id = processor::owner_id();
+    let metrics = Arc::new(metrics::Metrics::new());
     let committed = Arc::new(Notify::new());
     let jobs_ready = Arc::new(Notify::new());
     let email_ready = Arc::new(Notify::new());
@@ -120,14 +123,19 @@ pub async fn run(
         callbacks_ready[0].clone(),
         callbacks_ready[1].clone(),
     ]);
-    let (committer, commit_task) =
-        committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
+    let (committer, commit_task) = committer::Committer::spawn(
+        store.clone(),
+        committed.clone(),
+        config.commit_batch_max,
+        metrics.clone(),
+    );
     let stop_processing = CancellationToken::new();
     let processor_task = tokio::spawn(processor::run(
         store.clone(),
         rules.clone(),
         committed,
         job_workers.to_vec(),
+        metrics.clone(),
         processor::ProcessorConfig {
             owner: instance_id.clone(),
             batch: 64,
@@ -159,6 +167,7 @@ pub async fn run(
             deliver,
             schedule.clone(),
             ready,
+            metrics.clone(),
             delivery::worker::WorkerConfig {
                 owner: instance_id.clone(),
                 batch: 64,
@@ -263,6 +272,7 @@ pub async fn run(
         instance_id: instance_id.clone(),
         rule_settings: config.rule_settings.clone(),
         job_workers,
+        metrics,
     };
     let heartbeat_task = tokio::spawn(instance::heartbeat(
         store.clone(),

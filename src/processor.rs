@@ -3,6 +3,7 @@
 //! evaluations with the jobs they ask for. Events accepted before a crash are claimed after
 //! restart, and an expired lease lets another processor (or instance) take over.
 
+use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
 use crate::store::{Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent, now_millis};
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub async fn run(
     rules: Arc<Rules>,
     wake: Arc<Notify>,
     jobs_ready: Vec<Arc<Notify>>,
+    metrics: Arc<Metrics>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
 ) {
@@ -44,10 +46,13 @@ pub async fn run(
             now,
             until: now.saturating_add(lease_ms),
         };
-        match store.claim_events(&lease, config.batch).await {
+        let started = std::time::Instant::now();
+        let claimed = store.claim_events(&lease, config.batch).await;
+        metrics.store_call("claim_events", started);
+        match claimed {
             Ok(events) if !events.is_empty() => {
                 let full = events.len() == config.batch as usize;
-                if process(&store, &rules, &config.owner, events).await {
+                if process(&store, &rules, &metrics, &config.owner, events).await {
                     jobs_ready.iter().for_each(|worker| worker.notify_one());
                 }
                 if full {
@@ -76,11 +81,13 @@ pub async fn run(
 async fn process(
     store: &Arc<dyn Store>,
     rules: &Arc<Rules>,
+    metrics: &Arc<Metrics>,
     owner: &str,
     events: Vec<StoredEvent>,
 ) -> bool {
     let count = events.len();
     let (store2, rules) = (store.clone(), rules.clone());
+    let eval_metrics = metrics.clone();
     let handle = tokio::runtime::Handle::current();
     let evaluated = tokio::task::spawn_blocking(move || {
         let ruleset = rules.current();
@@ -96,6 +103,7 @@ async fn process(
                 };
                 let evaluation = ruleset.evaluate(&event.event, &ctx);
                 counters.add(&evaluation);
+                metrics_for(&eval_metrics, &evaluation);
                 finished(event.id, event.received_at, evaluation)
             })
             .collect::<Vec<_>>()
@@ -109,7 +117,10 @@ async fn process(
         }
     };
     log_rule_errors(&results);
-    match store.finish_events(&results, owner, now_millis()).await {
+    let started = std::time::Instant::now();
+    let recorded = store.finish_events(&results, owner, now_millis()).await;
+    metrics.store_call("finish_events", started);
+    match recorded {
         Ok(finished) => {
             if finished.len() < results.len() {
                 tracing::warn!(
@@ -123,6 +134,24 @@ async fn process(
         Err(error) => {
             tracing::error!(%error, events = count, "recording processing failed; will retry after the lease");
             false
+        }
+    }
+}
+
+/// Counts an evaluation: its latency, and each rule that matched or failed.
+fn metrics_for(metrics: &Metrics, evaluation: &Evaluation) {
+    metrics
+        .evaluation_seconds
+        .observe(evaluation.elapsed_us as f64 / 1e6);
+    for verdict in &evaluation.verdicts {
+        let labels = RuleLabels {
+            rule: verdict.rule.clone(),
+        };
+        if verdict.matched {
+            metrics.rule_matches.get_or_create(&labels).inc();
+        }
+        if verdict.error.is_some() {
+            metrics.rule_errors.get_or_create(&labels).inc();
         }
     }
 }

@@ -30,6 +30,26 @@ pub async fn post_notification(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let metrics = state.metrics.clone();
+    let answer = accept(state, peer, uri, headers, body).await;
+    match &answer {
+        Ok((ack, _)) if ack.duplicate => metrics.notification("duplicate", ""),
+        Ok((ack, _)) => {
+            metrics.notification("accepted", "");
+            metrics.decode_warnings.inc_by(ack.warnings.len() as u64);
+        }
+        Err(error) => metrics.notification("rejected", error.code),
+    }
+    answer.map(|(ack, status)| (status, Json(ack)).into_response())
+}
+
+async fn accept(
+    state: AppState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Ack, StatusCode), ApiError> {
     let presented = auth::bearer_token(&headers)
         .map(str::to_owned)
         .or_else(|| auth::query_token(&uri));
@@ -94,7 +114,7 @@ pub async fn post_notification(
         duplicate: inserted.duplicate,
         warnings,
     };
-    Ok((status, Json(ack)).into_response())
+    Ok((ack, status))
 }
 
 fn body_error(error: BodyError) -> ApiError {

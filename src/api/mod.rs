@@ -49,6 +49,7 @@ pub struct AppState {
     pub rule_settings: crate::rules::RuleSettings,
     /// Woken when an operator queues jobs (a real replay).
     pub job_workers: Arc<Vec<Arc<tokio::sync::Notify>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances", get(overview::instances))
         .route("/v1/mutes", get(mutes::list_mutes).post(mutes::add_mute))
         .route("/v1/mutes/{id}/lift", post(mutes::lift_mute))
+        .route("/metrics", get(overview::metrics))
         .route("/v1/rules", get(rules::list_rules))
         .route("/v1/rules/try", post(rules::try_rules))
         .route("/v1/jobs", get(work::list_jobs))
@@ -92,7 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let health = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi));
     Router::new()
         .merge(intake)
         .merge(admin)
@@ -147,6 +150,18 @@ async fn require_admin(
             "missing or invalid admin token (send `Authorization: Bearer <admin token>`)",
         ))
     }
+}
+
+/// The OpenAPI document of this API (kept beside the routes it describes; a test checks that
+/// every documented path and method is served).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

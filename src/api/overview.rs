@@ -121,3 +121,50 @@ fn agree(instances: &[InstanceInfo]) -> bool {
         .windows(2)
         .all(|w| w[0].ruleset_version == w[1].ruleset_version)
 }
+
+/// `GET /metrics`: Prometheus text. The gauges that describe the store (queue depth, dead jobs,
+/// open tasks) and the rules are read now.
+pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
+    use crate::metrics::{Metrics, RulesetLabels};
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    let now = now_millis();
+    let counts = state
+        .store
+        .overview(now, now)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the queue for metrics failed", &e))?;
+    let m = &state.metrics;
+    m.jobs_due.set(counts.due_jobs);
+    m.oldest_due_job_age_seconds.set(
+        counts
+            .oldest_due_at
+            .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0),
+    );
+    m.dead_jobs.set(counts.dead_jobs_total);
+    m.open_callback_tasks.set(counts.open_callback_tasks);
+    let rules = &state.rules;
+    Metrics::catch_up(&m.rule_reloads, rules.reloads.load(Ordering::Relaxed));
+    Metrics::catch_up(
+        &m.rule_reload_errors,
+        rules.reload_errors.load(Ordering::Relaxed),
+    );
+    let statuses = rules.statuses();
+    m.rules_broken
+        .set(statuses.iter().filter(|s| s.error.is_some()).count() as i64);
+    m.ruleset.clear();
+    m.ruleset
+        .get_or_create(&RulesetLabels {
+            version: rules.current().version.clone(),
+            instance: state.instance_id.clone(),
+        })
+        .set(1);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response())
+}

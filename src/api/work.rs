@@ -60,12 +60,13 @@ pub struct JobPage {
     pub next_before: Option<i64>,
 }
 
-const JOB_STATUSES: [&str; 6] = [
+const JOB_STATUSES: [&str; 7] = [
     "pending",
     "retrying",
     "done",
     "dead",
     "suppressed",
+    "muted",
     "cancelled",
 ];
 

@@ -7,6 +7,7 @@
 use super::retry::{AttemptResult, Decision, Schedule, decide};
 use super::webhook::{self, Clients, WebhookContext};
 use crate::config::WebhookTarget;
+use crate::metrics::{AttemptLabels, KindLabels, Metrics};
 use crate::rules::ActionRequest;
 use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob, now_millis};
 use std::collections::BTreeMap;
@@ -85,13 +86,20 @@ pub async fn run(
     deliver: Arc<dyn Deliver>,
     schedule: Arc<Schedule>,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let (made_tx, made_rx) = mpsc::channel::<Made>(config.max_in_flight.max(1));
-    let recorder = tokio::spawn(record_loop(store.clone(), config.owner.clone(), made_rx));
+    let recorder = tokio::spawn(record_loop(
+        store.clone(),
+        config.owner.clone(),
+        made_rx,
+        metrics.clone(),
+        deliver.kind(),
+    ));
     loop {
         // Wait for room for at least one attempt, then take what room there is.
         let first = tokio::select! {
@@ -155,15 +163,27 @@ pub async fn run(
 }
 
 /// Records finished attempts, as many per transaction as have arrived.
-async fn record_loop(store: Arc<dyn Store>, owner: String, mut made_rx: mpsc::Receiver<Made>) {
+async fn record_loop(
+    store: Arc<dyn Store>,
+    owner: String,
+    mut made_rx: mpsc::Receiver<Made>,
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+) {
     const MOST_PER_COMMIT: usize = 512;
     let mut made = Vec::with_capacity(MOST_PER_COMMIT);
     while made_rx.recv_many(&mut made, MOST_PER_COMMIT).await > 0 {
         let batch: Vec<FinishedAttempt> = made.iter().map(|m| m.done.clone()).collect();
-        match store.record_attempts(&owner, &batch).await {
+        let started = Instant::now();
+        let recorded = store.record_attempts(&owner, &batch).await;
+        metrics.store_call("record_attempts", started);
+        match recorded {
             Ok(recorded) => {
                 for (m, recorded) in made.iter().zip(recorded) {
                     log_recorded(&m.job, &m.done, recorded);
+                    if recorded {
+                        count_attempt(&metrics, kind, &m.done);
+                    }
                 }
             }
             Err(error) => {
@@ -175,6 +195,31 @@ async fn record_loop(store: Arc<dyn Store>, owner: String, mut made_rx: mpsc::Re
         }
         made.clear();
     }
+}
+
+/// Counts a recorded attempt: its outcome, and a retry or dead letter it led to.
+fn count_attempt(metrics: &Metrics, kind: &'static str, done: &FinishedAttempt) {
+    let outcome = match done.attempt.outcome.as_str() {
+        "success" => "success",
+        "transient" => "transient",
+        "permanent" => "permanent",
+        _ => "skipped",
+    };
+    metrics
+        .job_attempts
+        .get_or_create(&AttemptLabels { kind, outcome })
+        .inc();
+    match done.next {
+        JobNext::RetryAt(_) => metrics
+            .job_retries
+            .get_or_create(&KindLabels { kind })
+            .inc(),
+        JobNext::Dead => metrics
+            .jobs_dead_lettered
+            .get_or_create(&KindLabels { kind })
+            .inc(),
+        JobNext::Done => 0,
+    };
 }
 
 fn log_recorded(job: &StoredJob, done: &FinishedAttempt, recorded: bool) {

@@ -101,6 +101,37 @@ async fn overview_search_and_instances() {
     let (_, page) = server.admin_get("/v1/events?rule=nobody").await;
     assert_eq!(page["events"].as_array().unwrap().len(), 0);
 
+    // Prometheus text.
+    let (status, _) = server.post("{not json", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        "switchboard_notifications_total{result=\"accepted\",reason=\"\"} 3",
+        "switchboard_notifications_total{result=\"rejected\",reason=\"invalid_json\"} 1",
+        "switchboard_rule_matches_total{rule=\"abandoned\"} 1",
+        "switchboard_job_attempts_total{kind=\"callback_task\",outcome=\"success\"} 1",
+        "switchboard_open_callback_tasks 1",
+        "switchboard_dead_jobs 0",
+        "switchboard_evaluation_seconds_count 3",
+        "switchboard_store_seconds_count{op=\"insert_events\"}",
+    ] {
+        assert!(text.contains(line), "`{line}` missing from:\n{text}");
+    }
+
     // This instance reports the rule set it runs.
     let (status, instances) = server.admin_get("/v1/instances").await;
     assert_eq!(status, StatusCode::OK);
@@ -121,7 +152,7 @@ async fn overview_search_and_instances() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["parameter"], parameter, "{path}: {body}");
     }
-    for path in ["/v1/overview", "/v1/instances", "/v1/mutes"] {
+    for path in ["/v1/overview", "/v1/instances", "/v1/mutes", "/metrics"] {
         let status = server
             .client
             .get(server.url(path))
@@ -377,4 +408,46 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
         "{stdout}"
     );
     assert!(stdout.contains("all-calls: matched 0 -> 3"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_the_routes_that_exist() {
+    let server = TestServer::start().await;
+    let response = server
+        .client
+        .get(server.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: Value = response.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 25, "{}", paths.len());
+    for (path, methods) in paths {
+        for method in methods.as_object().unwrap().keys() {
+            let url = server.url(&path.replace("{id}", "1"));
+            let request = match method.as_str() {
+                "get" => server.client.get(&url),
+                "post" => server.client.post(&url),
+                other => panic!("unexpected method {other} for {path}"),
+            };
+            let token = if path == "/v1/notifications" {
+                INGEST_TOKEN
+            } else {
+                ADMIN_TOKEN
+            };
+            let (status, body) = send(request.bearer_auth(token)).await;
+            let missing = status == StatusCode::NOT_FOUND
+                && body["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("no such endpoint");
+            assert!(
+                !missing && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    server.stop().await;
 }
