@@ -71,6 +71,26 @@ fn log_rules(rules: &rules::Rules) {
     );
 }
 
+/// Passes the store's wake-ups on: new events to the processor, new jobs to every worker.
+async fn forward_wakeups(
+    mut wakeups: tokio::sync::mpsc::Receiver<store::Wakeup>,
+    processor: Arc<Notify>,
+    job_workers: Arc<Vec<Arc<Notify>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let wakeup = tokio::select! {
+            wakeup = wakeups.recv() => wakeup,
+            _ = stop.cancelled() => break,
+        };
+        match wakeup {
+            Some(store::Wakeup::Events) => processor.notify_one(),
+            Some(store::Wakeup::Jobs) => job_workers.iter().for_each(|w| w.notify_one()),
+            None => break,
+        }
+    }
+}
+
 /// Where dispatched tasks go, for the start-up log (no credentials).
 fn dispatch_target(dispatch: &config::CallbackDispatch) -> String {
     match dispatch {
@@ -114,6 +134,7 @@ pub async fn run(
     let instance_id = processor::owner_id();
     let metrics = Arc::new(metrics::Metrics::new());
     let committed = Arc::new(Notify::new());
+    let committed_wake = committed.clone();
     let jobs_ready = Arc::new(Notify::new());
     let email_ready = Arc::new(Notify::new());
     let callbacks_ready = [Arc::new(Notify::new()), Arc::new(Notify::new())];
@@ -274,6 +295,18 @@ pub async fn run(
         job_workers,
         metrics,
     };
+    let wakeup_task = match store.listen().await? {
+        Some(wakeups) => {
+            tracing::info!("listening for work queued by other instances (LISTEN/NOTIFY)");
+            Some(tokio::spawn(forward_wakeups(
+                wakeups,
+                committed_wake,
+                state.job_workers.clone(),
+                stop_delivery.clone(),
+            )))
+        }
+        None => None,
+    };
     let heartbeat_task = tokio::spawn(instance::heartbeat(
         store.clone(),
         state.rules.clone(),
@@ -305,6 +338,9 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = heartbeat_task.await;
+    if let Some(task) = wakeup_task {
+        let _ = task.await;
+    }
     store.close().await;
     tracing::info!("store closed");
     Ok(served?)

@@ -354,6 +354,15 @@ pub struct InstanceInfo {
     pub version: String,
 }
 
+/// What a wake-up from the store says appeared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Events queued for processing.
+    Events,
+    /// Jobs queued (or retried by an operator).
+    Jobs,
+}
+
 /// A processor's claim on events: who holds it and until when.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -539,6 +548,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Wake-ups when another instance (or this one) queues work in a shared database
+    /// (PostgreSQL LISTEN/NOTIFY). `None` where the store is this process's alone (SQLite):
+    /// in-process notifications already cover it. Polling remains the fallback either way.
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Wakeup>>, StoreError> {
+        Ok(None)
+    }
 
     /// Waits for in-flight work and closes the connections (SQLite: checkpoints the WAL).
     async fn close(&self);

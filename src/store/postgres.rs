@@ -4,7 +4,7 @@
 use super::{
     CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
     InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
-    StoredAttempt, StoredEvaluation, StoredEvent, StoredJob, TaskQuery,
+    StoredAttempt, StoredEvaluation, StoredEvent, StoredJob, TaskQuery, Wakeup,
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
@@ -17,6 +17,10 @@ use std::time::Duration;
 const ROWS_PER_STATEMENT: usize = 1024;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The channels the triggers of migration 0009 notify.
+const EVENTS_CHANNEL: &str = "switchboard_events";
+const JOBS_CHANNEL: &str = "switchboard_jobs";
 
 /// The PostgreSQL store. Cheap to share: it is a connection pool.
 #[derive(Debug, Clone)]
@@ -149,5 +153,36 @@ super::impl_store! {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Wakeup>>, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([EVENTS_CHANNEL, JOBS_CHANNEL]).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    received = listener.recv() => received,
+                    _ = tx.closed() => break,
+                };
+                match received {
+                    Ok(notification) => {
+                        let wakeup = if notification.channel() == EVENTS_CHANNEL {
+                            Wakeup::Events
+                        } else {
+                            Wakeup::Jobs
+                        };
+                        // A full channel already holds a wake-up: nothing is lost by dropping.
+                        let _ = tx.try_send(wakeup);
+                    }
+                    Err(error) => {
+                        // The listener reconnects on the next call; polling covers the gap.
+                        tracing::warn!(%error, "LISTEN connection failed; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 }

@@ -217,9 +217,16 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Starts `switchboard serve` on a free port with the given database and config file, and
-    /// waits for its "listening on" line.
+    /// Starts `switchboard serve` on a free port with the database `dir/sb.db` and the rules in
+    /// `dir/rules`, and waits for its "listening on" line.
     pub fn start(dir: &Path, extra_args: &[&str]) -> Binary {
+        let database = format!("sqlite://{}", dir.join("sb.db").display());
+        Self::start_with(dir, &database, &dir.join("rules"), extra_args)
+    }
+
+    /// Starts `switchboard serve` on a free port with the given database and rules (its log in
+    /// `dir`), and waits for its "listening on" line.
+    pub fn start_with(dir: &Path, database: &str, rules: &Path, extra_args: &[&str]) -> Binary {
         let log = dir.join(format!("server-{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -229,11 +236,8 @@ impl Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
-            .args([
-                "--database",
-                &format!("sqlite://{}", dir.join("sb.db").display()),
-            ])
-            .args(["--rules", &dir.join("rules").display().to_string()])
+            .args(["--database", database])
+            .args(["--rules", &rules.display().to_string()])
             .args(extra_args)
             .env("SWITCHBOARD_INGEST_TOKEN", INGEST_TOKEN)
             .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
