@@ -17,6 +17,8 @@
 //! - [`processor`]: claims accepted events from the store, evaluates them, records the result.
 //! - [`rules`]: Rhai rules: compile, evaluate (PURE), load and hot-reload, check/try/test.
 //! - [`delivery`]: what executes the actions (retry policy, signing, email building so far).
+//! - [`instance`]: this process's heartbeat row: which rule set it runs.
+//! - [`replay`]: replay and what-if over stored events.
 //! - [`api`]: the HTTP surface (`router(state)`), auth, errors.
 
 pub mod api;
@@ -25,7 +27,9 @@ pub mod config;
 pub mod console;
 pub mod delivery;
 pub mod event;
+pub mod instance;
 pub mod processor;
+pub mod replay;
 pub mod rules;
 pub mod store;
 
@@ -106,10 +110,17 @@ pub async fn run(
             );
         }
     });
+    let instance_id = processor::owner_id();
     let committed = Arc::new(Notify::new());
     let jobs_ready = Arc::new(Notify::new());
     let email_ready = Arc::new(Notify::new());
     let callbacks_ready = [Arc::new(Notify::new()), Arc::new(Notify::new())];
+    let job_workers = Arc::new(vec![
+        jobs_ready.clone(),
+        email_ready.clone(),
+        callbacks_ready[0].clone(),
+        callbacks_ready[1].clone(),
+    ]);
     let (committer, commit_task) =
         committer::Committer::spawn(store.clone(), committed.clone(), config.commit_batch_max);
     let stop_processing = CancellationToken::new();
@@ -117,14 +128,9 @@ pub async fn run(
         store.clone(),
         rules.clone(),
         committed,
-        vec![
-            jobs_ready.clone(),
-            email_ready.clone(),
-            callbacks_ready[0].clone(),
-            callbacks_ready[1].clone(),
-        ],
+        job_workers.to_vec(),
         processor::ProcessorConfig {
-            owner: processor::owner_id(),
+            owner: instance_id.clone(),
             batch: 64,
             lease: config.processing_lease,
             poll: config.processing_poll,
@@ -155,7 +161,7 @@ pub async fn run(
             schedule.clone(),
             ready,
             delivery::worker::WorkerConfig {
-                owner: processor::owner_id(),
+                owner: instance_id.clone(),
                 batch: 64,
                 max_in_flight,
                 lease: config.processing_lease.max(attempt_timeout * 2),
@@ -255,7 +261,27 @@ pub async fn run(
         ingest_tokens: api::TokenSet::new(&config.ingest_tokens),
         admin_tokens: api::TokenSet::new(config.admin_token.as_slice()),
         max_body_bytes: config.max_body_bytes,
+        instance_id: instance_id.clone(),
+        rule_settings: config.rule_settings.clone(),
+        job_workers,
     };
+    let heartbeat_task = tokio::spawn(instance::heartbeat(
+        store.clone(),
+        state.rules.clone(),
+        instance::InstanceInfo {
+            id: instance_id,
+            started_at: store::now_millis(),
+            seen_at: 0,
+            ruleset_version: String::new(),
+            rules_dir: config.rules_dir.display().to_string(),
+            listen: listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        stop_delivery.clone(),
+    ));
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -269,6 +295,7 @@ pub async fn run(
     for task in delivery_tasks {
         let _ = task.await;
     }
+    let _ = heartbeat_task.await;
     store.close().await;
     tracing::info!("store closed");
     Ok(served?)

@@ -41,6 +41,31 @@ enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// What a candidate rules directory would change on the stored events of a time range, per
+    /// rule: events that would newly match or stop matching, actions added or removed
+    /// (reads the database directly; nothing is stored or sent)
+    WhatIf {
+        #[command(flatten)]
+        db: DatabaseArg,
+        /// The candidate rules directory
+        #[arg(long, value_name = "DIR")]
+        rules: PathBuf,
+        /// Start of the range: a duration back from now (7d, 12h) or a time
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// End of the range (default: now)
+        #[arg(long)]
+        until: Option<String>,
+        /// Most events compared (the newest)
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
+        /// Example events per rule and kind of change
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// List, claim, complete or cancel callback tasks (reads the database directly)
     Tasks {
         #[command(flatten)]
@@ -170,6 +195,32 @@ fn main() -> anyhow::Result<()> {
             let url = database_url(db, cli.config.as_deref())?;
             run_async(jobs_command(url, action))
         }
+        Command::WhatIf {
+            db,
+            rules,
+            since,
+            until,
+            limit,
+            examples,
+            json,
+        } => {
+            let url = database_url(db, cli.config.as_deref())?;
+            let now = switchboard::store::now_millis();
+            let request = switchboard::replay::WhatIf {
+                rules_dir: rules,
+                settings: rule_settings()?,
+                since: switchboard::replay::parse_since(&since, now).map_err(anyhow::Error::msg)?,
+                until: match until {
+                    Some(until) => {
+                        switchboard::replay::parse_instant(&until).map_err(anyhow::Error::msg)?
+                    }
+                    None => now,
+                },
+                limit,
+                examples,
+            };
+            run_async(what_if_command(url, request, json))
+        }
         Command::Tasks { db, action } => {
             let url = database_url(db, cli.config.as_deref())?;
             run_async(tasks_command(url, action))
@@ -248,6 +299,76 @@ async fn jobs_command(url: String, action: JobsAction) -> anyhow::Result<()> {
         }
     }
     store.close().await;
+    Ok(())
+}
+
+async fn what_if_command(
+    url: String,
+    request: switchboard::replay::WhatIf,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = switchboard::store::open(&url).await?;
+    let report = switchboard::replay::what_if(store.clone(), &request).await;
+    store.close().await;
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "What-if: {} (version {}) against {} stored events from {} to {} UTC{}",
+        report.rules_dir,
+        report.candidate_version,
+        report.report.events_compared,
+        time(report.since),
+        time(report.until),
+        if report.truncated {
+            " (the newest only: --limit reached)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{} events would change; {} not processed yet were skipped",
+        report.report.events_changed, report.report.events_skipped
+    );
+    for error in &report.candidate_errors {
+        println!("candidate rule does not compile: {error}");
+    }
+    for change in &report.report.changed_rules {
+        println!(
+            "\n{}: matched {} -> {} (+{} newly, -{} no longer); actions +{} / -{}{}",
+            change.rule,
+            change.matched_before,
+            change.matched_after,
+            change.newly_matching,
+            change.stops_matching,
+            change.actions_added,
+            change.actions_removed,
+            if change.errors_after > 0 {
+                format!("; fails on {} events", change.errors_after)
+            } else {
+                String::new()
+            }
+        );
+        for example in &change.examples {
+            println!(
+                "    event {} at {} ({}, {}): {}",
+                example.event.event_id,
+                time(example.event.received_at),
+                example
+                    .event
+                    .customer_phone
+                    .as_deref()
+                    .unwrap_or("no phone"),
+                example.event.outcome.as_deref().unwrap_or("no outcome"),
+                example.change.replace('_', " ")
+            );
+        }
+    }
+    if !report.report.unchanged_rules.is_empty() {
+        println!("\nunchanged: {}", report.report.unchanged_rules.join(", "));
+    }
     Ok(())
 }
 

@@ -82,3 +82,22 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A JSON request body whose rejection is an [`ApiError`] (400 `invalid_body`, with serde's
+/// message naming the field, line and column), not axum's plain-text answer.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_body", rejection.body_text())),
+        }
+    }
+}

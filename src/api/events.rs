@@ -119,7 +119,22 @@ fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError>
         let value = value.trim();
         match key.as_str() {
             "call_id" => query.call_id = Some(value.to_string()),
-            "customer_phone" => query.customer_phone = Some(value.to_string()),
+            "customer_phone" | "phone" => query.customer_phone = Some(value.to_string()),
+            "outcome" => {
+                // A normalized name, or a `call_result` as Udesk spells it (Japanese, Chinese).
+                let outcome = crate::event::Outcome::from_call_result(value).ok_or_else(|| {
+                    let names: Vec<&str> = crate::event::Outcome::ALL
+                        .iter()
+                        .map(|o| o.as_str())
+                        .collect();
+                    invalid(
+                        "outcome",
+                        format!("must be one of {}, got `{value}`", names.join(", ")),
+                    )
+                })?;
+                query.outcome = Some(outcome.as_str().to_string())
+            }
+            "rule" => query.matched_rule = Some(value.to_string()),
             "since" => query.since = Some(parse_instant("since", value)?),
             "until" => query.until = Some(parse_instant("until", value)?),
             "before" => {
@@ -145,7 +160,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError>
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_parameter",
-                    format!("unknown parameter `{other}` (known: call_id, customer_phone, since, until, before, limit)"),
+                    format!("unknown parameter `{other}` (known: call_id, customer_phone (or phone), outcome, rule, since, until, before, limit)"),
                 )
                 .with("parameter", other));
             }
@@ -155,7 +170,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError>
 }
 
 /// RFC 3339, Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`, or unix milliseconds.
-fn parse_instant(name: &str, value: &str) -> Result<Millis, ApiError> {
+pub(super) fn parse_instant(name: &str, value: &str) -> Result<Millis, ApiError> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }
@@ -167,12 +182,12 @@ fn parse_instant(name: &str, value: &str) -> Result<Millis, ApiError> {
     })
 }
 
-fn invalid(parameter: &str, message: String) -> ApiError {
+pub(super) fn invalid(parameter: &str, message: String) -> ApiError {
     ApiError::bad_request("invalid_parameter", format!("`{parameter}` {message}"))
         .with("parameter", parameter)
 }
 
-fn rfc3339(ms: Millis) -> String {
+pub(super) fn rfc3339(ms: Millis) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
         .unwrap_or_else(|| ms.to_string())

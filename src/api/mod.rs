@@ -6,11 +6,14 @@ mod auth;
 mod error;
 mod events;
 mod intake;
+mod mutes;
+mod overview;
+mod replay;
 mod rules;
 mod work;
 
 pub use auth::TokenSet;
-pub use error::ApiError;
+pub use error::{ApiError, JsonBody};
 pub use events::{EventPage, EventView};
 pub use intake::Ack;
 
@@ -40,6 +43,19 @@ pub struct AppState {
     pub ingest_tokens: TokenSet,
     pub admin_tokens: TokenSet,
     pub max_body_bytes: usize,
+    /// This process, as it reports itself in `instances`.
+    pub instance_id: String,
+    /// Rule settings, for evaluating candidate rules (what-if) as the running ones are.
+    pub rule_settings: crate::rules::RuleSettings,
+    /// Woken when an operator queues jobs (a real replay).
+    pub job_workers: Arc<Vec<Arc<tokio::sync::Notify>>>,
+}
+
+impl AppState {
+    /// Lets every delivery worker look for due jobs now.
+    pub fn wake_job_workers(&self) {
+        self.job_workers.iter().for_each(|w| w.notify_one());
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -52,6 +68,13 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}", get(events::get_event))
+        .route("/v1/events/{id}/replay", post(replay::replay_event))
+        .route("/v1/replay", post(replay::replay_range))
+        .route("/v1/what-if", post(replay::what_if))
+        .route("/v1/overview", get(overview::overview))
+        .route("/v1/instances", get(overview::instances))
+        .route("/v1/mutes", get(mutes::list_mutes).post(mutes::add_mute))
+        .route("/v1/mutes/{id}/lift", post(mutes::lift_mute))
         .route("/v1/rules", get(rules::list_rules))
         .route("/v1/rules/try", post(rules::try_rules))
         .route("/v1/jobs", get(work::list_jobs))

@@ -2,7 +2,7 @@
 //! its attempts, retry or cancel) and callback tasks (`/v1/callback-tasks`: the queue, one task,
 //! claim, complete, cancel).
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonBody};
 use crate::store::{CallbackTask, StoredAttempt, StoredJob, TaskQuery, now_millis};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -264,7 +264,7 @@ pub struct OutcomeBody {
 pub async fn claim_task(
     state: State<AppState>,
     Path(id): Path<String>,
-    Json(body): Json<ClaimBody>,
+    JsonBody(body): JsonBody<ClaimBody>,
 ) -> Result<Json<CallbackTask>, ApiError> {
     move_task(state, &id, &["open"], "claimed", Some(&body.agent), None).await
 }
@@ -272,7 +272,7 @@ pub async fn claim_task(
 pub async fn complete_task(
     state: State<AppState>,
     Path(id): Path<String>,
-    Json(body): Json<OutcomeBody>,
+    JsonBody(body): JsonBody<OutcomeBody>,
 ) -> Result<Json<CallbackTask>, ApiError> {
     move_task(
         state,
@@ -288,7 +288,7 @@ pub async fn complete_task(
 pub async fn cancel_task(
     state: State<AppState>,
     Path(id): Path<String>,
-    Json(body): Json<OutcomeBody>,
+    JsonBody(body): JsonBody<OutcomeBody>,
 ) -> Result<Json<CallbackTask>, ApiError> {
     move_task(
         state,

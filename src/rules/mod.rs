@@ -31,6 +31,7 @@
 //! - [`load`]: the rules directory, last good versions, atomic swaps.
 //! - [`watch`]: hot reload.
 //! - [`tools`]: `check`, `try`, `test`.
+//! - [`whatif`] (PURE): what a candidate rule set would change on stored events.
 
 pub mod actions;
 pub mod compile;
@@ -40,6 +41,7 @@ pub mod prefilter;
 pub mod stdlib;
 pub mod tools;
 pub mod watch;
+pub mod whatif;
 
 pub use actions::ActionRequest;
 pub use compile::{CompileError, RuleSettings, Throttle};

@@ -2,10 +2,13 @@
 //! [`Store`] trait, so that the embedded SQLite backend and a shared PostgreSQL backend are
 //! interchangeable. Times are unix milliseconds (UTC).
 
+mod common;
 mod postgres;
 mod row;
 mod sql;
 mod sqlite;
+
+use common::impl_store;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -194,6 +197,8 @@ pub mod job_status {
     pub const DONE: &str = "done";
     pub const DEAD: &str = "dead";
     pub const SUPPRESSED: &str = "suppressed";
+    pub const MUTED: &str = "muted";
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// One delivery attempt, as the worker saw it.
@@ -293,7 +298,60 @@ pub struct EventQuery {
     pub until: Option<Millis>,
     /// Only ids below this one (the cursor for the next page).
     pub before_id: Option<EventId>,
+    /// The decoded outcome (`answered`, `abandoned_in_queue`, …).
+    pub outcome: Option<String>,
+    /// Events this rule matched.
+    pub matched_rule: Option<String>,
     pub limit: u32,
+}
+
+/// Counts for the console's overview: events received since a time, and what became of them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overview {
+    /// `(start of minute, events received in it)`, minutes with events only, oldest first.
+    pub events_per_minute: Vec<(Millis, i64)>,
+    pub events: i64,
+    /// Events at least one rule matched.
+    pub matched_events: i64,
+    /// Rule failures (one per rule and event).
+    pub rule_errors: i64,
+    /// Jobs created in the window, by status.
+    pub jobs: std::collections::BTreeMap<String, i64>,
+    /// All dead jobs, whenever created: each one is waiting for an operator.
+    pub dead_jobs_total: i64,
+    /// Jobs due now or earlier and not yet done (pending or retrying).
+    pub due_jobs: i64,
+    /// When the oldest due job became due.
+    pub oldest_due_at: Option<Millis>,
+    pub open_callback_tasks: i64,
+}
+
+/// An operator's mute: a rule's actions, or every action for a phone, are recorded as muted
+/// (not run) until a time.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Mute {
+    pub id: i64,
+    /// `rule` or `phone`.
+    pub scope: String,
+    pub value: String,
+    pub until: Millis,
+    pub reason: String,
+    pub created_at: Millis,
+    pub lifted_at: Option<Millis>,
+}
+
+/// A running instance as it reports itself.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub started_at: Millis,
+    /// Refreshed while the instance runs.
+    pub seen_at: Millis,
+    pub ruleset_version: String,
+    pub rules_dir: String,
+    pub listen: String,
+    /// The Switchboard version it runs.
+    pub version: String,
 }
 
 /// A processor's claim on events: who holds it and until when.
@@ -436,6 +494,48 @@ pub trait Store: Send + Sync + 'static {
         outcome: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError>;
+
+    /// Evaluations of the given events (those that have one), in no particular order.
+    async fn list_evaluations(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<(EventId, StoredEvaluation)>, StoreError>;
+
+    /// Queues the jobs of a real replay of an event, keyed `{event}:{index}:{rule}:{run}` so
+    /// that they never collide with the first run's or another replay's. Mutes apply; throttles
+    /// do not (a replay is an operator's decision). Returns how many were queued.
+    async fn insert_replay_jobs(
+        &self,
+        event_id: EventId,
+        run: &str,
+        jobs: &[NewJob],
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+
+    /// The console's counts for events received at or after `since`.
+    async fn overview(&self, since: Millis, now: Millis) -> Result<Overview, StoreError>;
+
+    /// Mutes a rule or a phone (`scope` `rule` or `phone`) until `until`.
+    async fn add_mute(
+        &self,
+        scope: &str,
+        value: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Mute, StoreError>;
+
+    /// Mutes, newest first: those in force at `now`, or all.
+    async fn list_mutes(&self, active_only: bool, now: Millis) -> Result<Vec<Mute>, StoreError>;
+
+    /// Lifts a mute in force. False when there is none with that id in force.
+    async fn lift_mute(&self, id: i64, now: Millis) -> Result<bool, StoreError>;
+
+    /// Records (or refreshes) this instance's row.
+    async fn heartbeat(&self, instance: &InstanceInfo) -> Result<(), StoreError>;
+
+    /// Instances seen at or after `since`, oldest start first.
+    async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -2,13 +2,12 @@
 //! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
 
 use super::{
-    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted, Lease,
-    Millis, NewEvent, Store, StoreError, StoredAttempt, StoredEvaluation, StoredEvent, StoredJob,
-    TaskQuery,
+    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
+    InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
+    StoredAttempt, StoredEvaluation, StoredEvent, StoredJob, TaskQuery,
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
-use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 use std::collections::HashMap;
@@ -39,8 +38,9 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
+super::impl_store! {
+    PostgresStore, Postgres, writer = pool, reader = pool, row_lock = " FOR UPDATE";
+
     async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
         let columns = batch
             .iter()
@@ -84,10 +84,6 @@ impl Store for PostgresStore {
         sql::resolve_inserted(batch, inserted, existing)
     }
 
-    async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        sql::fetch_one_row!(&self.pool, EventRow, sql::GET_EVENT.as_str(), id)
-    }
-
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
         let mut qb: QueryBuilder<Postgres> =
             QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
@@ -125,35 +121,6 @@ impl Store for PostgresStore {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
-    async fn finish_events(
-        &self,
-        finished: &[Finished],
-        owner: &str,
-        now: Millis,
-    ) -> Result<Vec<EventId>, StoreError> {
-        sql::finish_events!(Postgres, self.pool, finished, owner, now)
-    }
-
-    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-        sql::count_hits!(&self.pool, key, since)
-    }
-
-    async fn get_evaluation(
-        &self,
-        event_id: EventId,
-    ) -> Result<Option<StoredEvaluation>, StoreError> {
-        sql::fetch_one_row!(
-            &self.pool,
-            EvaluationRow,
-            sql::GET_EVALUATION.as_str(),
-            event_id
-        )
-    }
-
-    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
-        sql::fetch_rows!(&self.pool, JobRow, sql::LIST_EVENT_JOBS.as_str(), event_id)
-    }
-
     async fn claim_jobs(
         &self,
         lease: &Lease,
@@ -178,120 +145,6 @@ impl Store for PostgresStore {
         }
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
         sql::jobs_by_id!(Postgres, &self.pool, &ids)
-    }
-
-    async fn record_attempts(
-        &self,
-        owner: &str,
-        batch: &[FinishedAttempt],
-    ) -> Result<Vec<bool>, StoreError> {
-        sql::record_attempts!(self.pool, owner, batch)
-    }
-
-    async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
-        sql::fetch_rows!(
-            &self.pool,
-            AttemptRow,
-            sql::LIST_JOB_ATTEMPTS.as_str(),
-            job_id
-        )
-    }
-
-    async fn upsert_callback_task(
-        &self,
-        request: &CallbackRequest,
-        now: Millis,
-    ) -> Result<CallbackTask, StoreError> {
-        sql::upsert_callback_task!(self.pool, " FOR UPDATE", request, now)
-    }
-
-    async fn close_callback_tasks(
-        &self,
-        phone: &str,
-        outcome: &str,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(sql::CLOSE_CALLBACK_TASKS)
-            .bind(outcome)
-            .bind(now)
-            .bind(phone)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn list_callback_tasks(
-        &self,
-        query: &TaskQuery,
-    ) -> Result<Vec<CallbackTask>, StoreError> {
-        let rows: Vec<TaskRow> = sqlx::query_as(sql::LIST_TASKS.as_str())
-            .bind(&query.status)
-            .bind(&query.phone)
-            .bind(query.due_before)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(TaskRow::into_stored).collect()
-    }
-
-    async fn list_jobs(
-        &self,
-        status: Option<&str>,
-        before_id: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<StoredJob>, StoreError> {
-        let rows: Vec<JobRow> = sqlx::query_as(sql::LIST_JOBS.as_str())
-            .bind(status)
-            .bind(before_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(JobRow::into_stored).collect()
-    }
-
-    async fn get_job(&self, id: i64) -> Result<Option<StoredJob>, StoreError> {
-        sql::fetch_one_row!(&self.pool, JobRow, sql::GET_JOB.as_str(), id)
-    }
-
-    async fn retry_job(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(sql::RETRY_JOB)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(sql::CANCEL_JOB)
-            .bind(note)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError> {
-        sql::fetch_one_row!(&self.pool, TaskRow, sql::GET_TASK.as_str(), id)
-    }
-
-    async fn update_callback_task(
-        &self,
-        id: i64,
-        from: &[&str],
-        status: &str,
-        agent: Option<&str>,
-        outcome: Option<&str>,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let pool = &self.pool;
-        sql::update_callback_task!(*pool, id, from, status, agent, outcome, now)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 
     async fn close(&self) {

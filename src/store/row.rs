@@ -106,6 +106,14 @@ impl EvaluationRow {
     }
 }
 
+/// An evaluation with its event id.
+#[derive(sqlx::FromRow)]
+pub(super) struct EvaluationWithIdRow {
+    pub(super) event_id: super::EventId,
+    #[sqlx(flatten)]
+    pub(super) evaluation: EvaluationRow,
+}
+
 /// The columns of a `jobs` row.
 pub(super) const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
      kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at FROM jobs";

@@ -62,6 +62,17 @@ where
     if let Some(before) = query.before_id {
         qb.push(" AND e.id < ").push_bind(before);
     }
+    if let Some(outcome) = &query.outcome {
+        qb.push(" AND e.outcome = ").push_bind(outcome);
+    }
+    if let Some(rule) = &query.matched_rule {
+        qb.push(
+            " AND EXISTS (SELECT 1 FROM rule_verdicts v WHERE v.event_id = e.id \
+             AND v.verdict = 'matched' AND v.rule = ",
+        )
+        .push_bind(rule)
+        .push(")");
+    }
     qb.push(" ORDER BY e.id DESC LIMIT ")
         .push_bind(i64::from(query.limit));
 }
@@ -205,10 +216,11 @@ macro_rules! count_hits {
 pub(super) use count_hits;
 
 /// Jobs of finished events, each once by its idempotency key; `None` when there are none.
-/// Jobs of the rules in `suppressed` (event id, rule → note) are recorded as `suppressed`.
+/// Jobs of the rules in `held_back` (event id, rule → status and note: `suppressed` by a
+/// throttle, or `muted`) are recorded with that status instead of `pending`.
 pub(super) fn insert_jobs<'a, DB>(
     finished: &'a [&'a Finished],
-    suppressed: &'a HashMap<(EventId, String), String>,
+    held_back: &'a HashMap<(EventId, String), (&'static str, String)>,
     now: Millis,
 ) -> Result<Option<QueryBuilder<'a, DB>>, StoreError>
 where
@@ -226,8 +238,8 @@ where
                 what: "job spec",
                 message: e.to_string(),
             })?;
-            let note = suppressed.get(&(f.event_id, job.rule.clone()));
-            jobs.push((job.idempotency_key(f.event_id), f.event_id, job, spec, note));
+            let held = held_back.get(&(f.event_id, job.rule.clone()));
+            jobs.push((job.idempotency_key(f.event_id), f.event_id, job, spec, held));
         }
     }
     if jobs.is_empty() {
@@ -237,23 +249,84 @@ where
         "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, status, \
          note, created_at) ",
     );
-    qb.push_values(jobs, |mut row, (key, event_id, job, spec, note)| {
+    qb.push_values(jobs, |mut row, (key, event_id, job, spec, held)| {
         row.push_bind(key)
             .push_bind(event_id)
             .push_bind(&job.rule)
             .push_bind(i64::from(job.action_index))
             .push_bind(&job.kind)
             .push_bind(spec)
-            .push_bind::<&'a str>(if note.is_some() {
-                "suppressed"
-            } else {
-                "pending"
-            })
-            .push_bind(note)
+            .push_bind::<&'a str>(held.map_or(super::job_status::PENDING, |(status, _)| status))
+            .push_bind(held.map(|(_, note)| note))
             .push_bind(now);
     });
     qb.push(" ON CONFLICT (idempotency_key) DO NOTHING");
     Ok(Some(qb))
+}
+
+/// The rules that matched or failed on each finished event (from its evaluation record), for
+/// search and counts; `None` when there are none.
+pub(super) fn insert_verdicts<'a, DB>(
+    finished: &'a [&'a Finished],
+    now: Millis,
+) -> Option<QueryBuilder<'a, DB>>
+where
+    DB: Database,
+    String: Encode<'a, DB> + Type<DB>,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let verdicts: Vec<(EventId, String, &'static str)> = finished
+        .iter()
+        .flat_map(|f| {
+            let listed = f.record.get("verdicts").and_then(|v| v.as_array());
+            listed.into_iter().flatten().filter_map(|v| {
+                let rule = v.get("rule")?.as_str()?.to_string();
+                if v.get("error").is_some_and(|e| !e.is_null()) {
+                    Some((f.event_id, rule, "error"))
+                } else if v.get("matched") == Some(&serde_json::Value::Bool(true)) {
+                    Some((f.event_id, rule, "matched"))
+                } else {
+                    None
+                }
+            })
+        })
+        .collect();
+    if verdicts.is_empty() {
+        return None;
+    }
+    let mut qb = QueryBuilder::new("INSERT INTO rule_verdicts (event_id, rule, verdict, at) ");
+    qb.push_values(verdicts, |mut row, (event_id, rule, verdict)| {
+        row.push_bind(event_id)
+            .push_bind(rule)
+            .push_bind(verdict)
+            .push_bind(now);
+    });
+    qb.push(" ON CONFLICT (event_id, rule) DO NOTHING");
+    Some(qb)
+}
+
+/// Mutes in force. Bind: now.
+pub(super) const ACTIVE_MUTES: &str = "SELECT scope, value, until, reason FROM mutes \
+     WHERE until > $1 AND lifted_at IS NULL";
+
+/// Why a rule's jobs for an event are muted, if they are: the rule's mute first, then the
+/// phone's. `mutes` are (scope, value, until, reason).
+pub(super) fn mute_note(
+    mutes: &[(String, String, Millis, String)],
+    rule: &str,
+    phone: Option<&str>,
+) -> Option<String> {
+    let hit = |scope: &str, value: Option<&str>| {
+        mutes
+            .iter()
+            .find(|(s, v, _, _)| s == scope && Some(v.as_str()) == value)
+    };
+    hit("rule", Some(rule))
+        .or_else(|| hit("phone", phone))
+        .map(|(scope, value, until, reason)| {
+            format!("muted: {scope} `{value}` until {until} (unix ms): {reason}")
+        })
 }
 
 /// Opens a rule's throttle window for a key unless one is open: returns a row only when the
@@ -303,6 +376,10 @@ macro_rules! finish_events {
             .iter()
             .filter(|f| held.contains_key(&f.event_id))
             .collect();
+        let mutes: Vec<(String, String, Millis, String)> = sqlx::query_as(sql::ACTIVE_MUTES)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
         // Chunks keep every statement well inside the backends' parameter limits.
         for chunk in kept.chunks(64) {
             let records = sql::record_texts(chunk)?;
@@ -316,10 +393,40 @@ macro_rules! finish_events {
                     qb.build().execute(&mut *tx).await?;
                 }
             }
-            // Throttles apply in event order, so a later event of the batch sees an earlier one's.
-            let mut suppressed = std::collections::HashMap::new();
+            if let Some(mut qb) = sql::insert_verdicts::<$db>(chunk, now) {
+                qb.build().execute(&mut *tx).await?;
+            }
+            let mut held_back = std::collections::HashMap::new();
+            if !mutes.is_empty() {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new("SELECT id, customer_phone FROM events WHERE id IN (");
+                let mut list = qb.separated(", ");
+                for f in chunk {
+                    list.push_bind(f.event_id);
+                }
+                qb.push(")");
+                let phones: std::collections::HashMap<EventId, Option<String>> = qb
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for f in chunk {
+                    let phone = phones.get(&f.event_id).cloned().flatten();
+                    for job in &f.jobs {
+                        if let Some(note) = sql::mute_note(&mutes, &job.rule, phone.as_deref()) {
+                            held_back.insert((f.event_id, job.rule.clone()), ("muted", note));
+                        }
+                    }
+                }
+            }
+            // Throttles apply in event order, so a later event of the batch sees an earlier
+            // one's. A muted rule's throttle does not open.
             for f in chunk {
                 for t in &f.throttles {
+                    if held_back.contains_key(&(f.event_id, t.rule.clone())) {
+                        continue;
+                    }
                     let opened: Option<(i64,)> = sqlx::query_as(sql::OPEN_THROTTLE)
                         .bind(&t.rule)
                         .bind(&t.key)
@@ -328,17 +435,15 @@ macro_rules! finish_events {
                         .fetch_optional(&mut *tx)
                         .await?;
                     if opened.is_none() {
-                        suppressed.insert(
-                            (f.event_id, t.rule.clone()),
-                            format!(
-                                "throttled: `{}` already acted for key `{}` within its window",
-                                t.rule, t.key
-                            ),
+                        let note = format!(
+                            "throttled: `{}` already acted for key `{}` within its window",
+                            t.rule, t.key
                         );
+                        held_back.insert((f.event_id, t.rule.clone()), ("suppressed", note));
                     }
                 }
             }
-            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, &suppressed, now)? {
+            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, &held_back, now)? {
                 qb.build().execute(&mut *tx).await?;
             }
         }
@@ -629,3 +734,163 @@ pub(super) static LIST_TASKS: std::sync::LazyLock<String> = std::sync::LazyLock:
         super::row::TASK_SELECT
     )
 });
+
+/// The body of `Store::list_evaluations`.
+macro_rules! list_evaluations {
+    ($db:ty, $pool:expr, $ids:expr) => {{
+        let ids: &[EventId] = $ids;
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                "SELECT event_id, processed_at, attempts, ruleset_version, record \
+                 FROM evaluations WHERE event_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            qb.push(")");
+            let rows: Vec<super::row::EvaluationWithIdRow> =
+                qb.build_query_as().fetch_all($pool).await?;
+            for row in rows {
+                found.push((row.event_id, row.evaluation.into_stored()?));
+            }
+        }
+        Ok(found)
+    }};
+}
+pub(super) use list_evaluations;
+
+/// The body of `Store::insert_replay_jobs`.
+macro_rules! insert_replay_jobs {
+    ($pool:expr, $event_id:expr, $run:expr, $jobs:expr, $now:expr) => {{
+        let (event_id, run, jobs, now): (EventId, &str, &[super::NewJob], Millis) =
+            ($event_id, $run, $jobs, $now);
+        let mut tx = $pool.begin().await?;
+        let mutes: Vec<(String, String, Millis, String)> = sqlx::query_as(sql::ACTIVE_MUTES)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let phone: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT customer_phone FROM events WHERE id = $1")
+                .bind(event_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let phone = phone.and_then(|(p,)| p);
+        let mut queued = 0;
+        for job in jobs {
+            let spec = serde_json::to_string(&job.spec).map_err(|e| StoreError::Corrupt {
+                what: "job spec",
+                message: e.to_string(),
+            })?;
+            let note = sql::mute_note(&mutes, &job.rule, phone.as_deref());
+            let status = if note.is_some() {
+                super::job_status::MUTED
+            } else {
+                super::job_status::PENDING
+            };
+            let done = sqlx::query(
+                "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, \
+                 status, note, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+            )
+            .bind(format!("{}:{run}", job.idempotency_key(event_id)))
+            .bind(event_id)
+            .bind(&job.rule)
+            .bind(i64::from(job.action_index))
+            .bind(&job.kind)
+            .bind(spec)
+            .bind(status)
+            .bind(note)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            queued += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }};
+}
+pub(super) use insert_replay_jobs;
+
+/// The body of `Store::overview` (reads only).
+macro_rules! overview {
+    ($pool:expr, $since:expr, $now:expr) => {{
+        let (since, now): (Millis, Millis) = ($since, $now);
+        let per_minute: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT (received_at / 60000) * 60000 AS minute, COUNT(*) FROM events \
+             WHERE received_at >= $1 GROUP BY minute ORDER BY minute",
+        )
+        .bind(since)
+        .fetch_all($pool)
+        .await?;
+        let (matched_events, rule_errors): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT CASE WHEN verdict = 'matched' THEN event_id END), \
+             COUNT(CASE WHEN verdict = 'error' THEN 1 END) FROM rule_verdicts WHERE at >= $1",
+        )
+        .bind(since)
+        .fetch_one($pool)
+        .await?;
+        let jobs: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM jobs WHERE created_at >= $1 GROUP BY status",
+        )
+        .bind(since)
+        .fetch_all($pool)
+        .await?;
+        let (dead_jobs_total,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'dead'")
+                .fetch_one($pool)
+                .await?;
+        let (due_jobs, oldest_due_at): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(next_attempt_at) FROM jobs \
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $1",
+        )
+        .bind(now)
+        .fetch_one($pool)
+        .await?;
+        let (open_callback_tasks,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM callback_tasks WHERE status IN ('open', 'claimed')",
+        )
+        .fetch_one($pool)
+        .await?;
+        Ok(super::Overview {
+            events: per_minute.iter().map(|(_, n)| n).sum(),
+            events_per_minute: per_minute,
+            matched_events,
+            rule_errors,
+            jobs: jobs.into_iter().collect(),
+            dead_jobs_total,
+            due_jobs,
+            oldest_due_at,
+            open_callback_tasks,
+        })
+    }};
+}
+pub(super) use overview;
+
+const MUTE_COLUMNS: &str = "id, scope, value, until, reason, created_at, lifted_at";
+/// Binds: scope, value, until, reason, now.
+pub(super) static ADD_MUTE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO mutes (scope, value, until, reason, created_at) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING {MUTE_COLUMNS}"
+    )
+});
+/// Binds: 1 for mutes in force only (else 0), now.
+pub(super) static LIST_MUTES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {MUTE_COLUMNS} FROM mutes WHERE ($1 = 0 OR (until > $2 AND lifted_at IS NULL)) \
+         ORDER BY id DESC LIMIT 500"
+    )
+});
+/// Binds: now, id.
+pub(super) const LIFT_MUTE: &str =
+    "UPDATE mutes SET lifted_at = $1 WHERE id = $2 AND lifted_at IS NULL AND until > $1";
+/// Binds: id, started_at, seen_at, ruleset_version, rules_dir, listen, version.
+pub(super) const HEARTBEAT: &str = "INSERT INTO instances (id, started_at, seen_at, \
+     ruleset_version, rules_dir, listen, version) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, \
+     ruleset_version = excluded.ruleset_version";
+/// Bind: seen since.
+pub(super) const LIST_INSTANCES: &str = "SELECT id, started_at, seen_at, ruleset_version, \
+     rules_dir, listen, version FROM instances WHERE seen_at >= $1 ORDER BY started_at, id";

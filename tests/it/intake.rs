@@ -662,7 +662,8 @@ async fn admin_api_rejects_bad_parameters_and_tokens() {
         ("/v1/events?since=yesterday", "since"),
         ("/v1/events?until=2026-13-01", "until"),
         ("/v1/events?before=x", "before"),
-        ("/v1/events?phone=1", "phone"),
+        ("/v1/events?mobile=1", "mobile"),
+        ("/v1/events?outcome=hung", "outcome"),
     ] {
         let (status, body) = server.admin_get(path).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod browser;
+mod console;
 mod crash;
 mod delivery;
 mod dispatch;

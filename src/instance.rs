@@ -1,0 +1,39 @@
+//! This instance's row in the store's `instances` table, refreshed every few seconds and on each
+//! rule reload, so that every instance sharing a database can see which rule set each one runs.
+
+use crate::rules::Rules;
+pub use crate::store::InstanceInfo;
+use crate::store::{Store, now_millis};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often an instance refreshes its row.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `me` current in the store (its rule set version and `seen_at`) until `shutdown`. A rule
+/// set change is reported within a second.
+pub async fn heartbeat(
+    store: Arc<dyn Store>,
+    rules: Arc<Rules>,
+    mut me: InstanceInfo,
+    shutdown: CancellationToken,
+) {
+    let mut last_beat: Option<std::time::Instant> = None;
+    loop {
+        let version = rules.current().version.clone();
+        let due = last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY);
+        if due || version != me.ruleset_version {
+            me.ruleset_version = version;
+            me.seen_at = now_millis();
+            match store.heartbeat(&me).await {
+                Ok(()) => last_beat = Some(std::time::Instant::now()),
+                Err(error) => tracing::warn!(%error, "recording this instance's heartbeat failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}

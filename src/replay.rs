@@ -1,0 +1,283 @@
+//! Replay and what-if over stored events: reads them from the store, evaluates them (on a
+//! blocking thread) against the running rules (replay) or a candidate rules directory (what-if),
+//! and reports; a real replay queues new jobs under keys that never collide with the first run.
+
+use crate::processor::{StoreCounters, finished};
+use crate::rules::whatif::{Comparison, EventRef, Report};
+use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
+use crate::store::{EventQuery, Millis, Store, StoreError, StoredEvent, now_millis};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a replay or what-if could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no event with id {0}")]
+    NoSuchEvent(i64),
+    #[error("candidate rules directory `{0}` does not exist or is not a directory")]
+    NoRulesDir(PathBuf),
+    #[error("evaluation failed: {0}")]
+    Evaluation(String),
+}
+
+/// A start time: a duration back from `now` (`7d`, `90m`), unix milliseconds, RFC 3339, or
+/// Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`.
+pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
+    if let Ok(ago) = crate::rules::stdlib::parse_duration(text) {
+        return Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
+    }
+    parse_instant(text)
+}
+
+/// A time: unix milliseconds, RFC 3339, or Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`.
+pub fn parse_instant(text: &str) -> Result<Millis, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    crate::event::parse_time(text)
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| {
+            format!(
+                "`{text}` is not a time (RFC 3339, `2026-11-20 10:15:42 +0800`, unix ms) \
+                 or a duration back from now (`7d`, `12h`)"
+            )
+        })
+}
+
+/// Stored events received in `[since, until)`, newest first, at most `limit`.
+async fn events_between(
+    store: &dyn Store,
+    since: Millis,
+    until: Millis,
+    limit: u32,
+    mut each_page: impl FnMut(Vec<StoredEvent>),
+) -> Result<bool, StoreError> {
+    let mut before_id = None;
+    let mut left = limit;
+    loop {
+        let want = left.min(500);
+        if want == 0 {
+            // The limit was reached: there may be more.
+            return Ok(true);
+        }
+        let page = store
+            .list_events(&EventQuery {
+                since: Some(since),
+                until: Some(until),
+                before_id,
+                limit: want,
+                ..Default::default()
+            })
+            .await?;
+        let n = u32::try_from(page.len()).unwrap_or(u32::MAX);
+        before_id = page.last().map(|e| e.id);
+        if n > 0 {
+            each_page(page);
+        }
+        left = left.saturating_sub(n);
+        if n < want {
+            return Ok(false);
+        }
+    }
+}
+
+/// Evaluates events against `ruleset` on a blocking thread; counters are read from the store as
+/// it is now, and no hit is stored.
+async fn evaluate_all(
+    store: Arc<dyn Store>,
+    ruleset: Arc<RuleSet>,
+    events: Vec<StoredEvent>,
+) -> Result<Vec<(StoredEvent, Evaluation)>, ReplayError> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let counters = Arc::new(StoreCounters::new(store, handle));
+        events
+            .into_iter()
+            .map(|event| {
+                let ctx = EvalContext {
+                    counters: counters.clone(),
+                    at_ms: event.received_at,
+                    record_stats: false,
+                    prefilter: true,
+                };
+                let evaluation = ruleset.evaluate(&event.event, &ctx);
+                (event, evaluation)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ReplayError::Evaluation(e.to_string()))
+}
+
+/// The result of replaying one event.
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    pub event_id: i64,
+    pub dry_run: bool,
+    /// The evaluation against the running rules.
+    pub evaluation: Evaluation,
+    /// The actions it asks for (kind, rule, action).
+    pub actions: Vec<serde_json::Value>,
+    /// A real replay's run id: its jobs' keys end with it.
+    pub run: Option<String>,
+    /// Jobs queued (0 for a dry run).
+    pub queued: u64,
+}
+
+/// Replays events against the running rules: a dry run reports only; a real run queues the
+/// actions as new jobs (run id `replay-<unix ms>`).
+pub async fn replay(
+    store: Arc<dyn Store>,
+    rules: &Rules,
+    events: Vec<StoredEvent>,
+    dry_run: bool,
+) -> Result<Vec<Replayed>, ReplayError> {
+    let run = format!("replay-{}", now_millis());
+    let evaluated = evaluate_all(store.clone(), rules.current(), events).await?;
+    let mut replayed = Vec::with_capacity(evaluated.len());
+    for (event, evaluation) in evaluated {
+        let record = finished(event.id, event.received_at, evaluation.clone());
+        let actions = record
+            .jobs
+            .iter()
+            .map(|j| serde_json::json!({ "rule": j.rule, "kind": j.kind, "action": j.spec }))
+            .collect();
+        let queued = if dry_run {
+            0
+        } else {
+            store
+                .insert_replay_jobs(event.id, &run, &record.jobs, now_millis())
+                .await?
+        };
+        replayed.push(Replayed {
+            event_id: event.id,
+            dry_run,
+            evaluation,
+            actions,
+            run: (!dry_run).then(|| run.clone()),
+            queued,
+        });
+    }
+    Ok(replayed)
+}
+
+/// Replays one stored event.
+pub async fn replay_event(
+    store: Arc<dyn Store>,
+    rules: &Rules,
+    id: i64,
+    dry_run: bool,
+) -> Result<Replayed, ReplayError> {
+    let event = store
+        .get_event(id)
+        .await?
+        .ok_or(ReplayError::NoSuchEvent(id))?;
+    let mut replayed = replay(store, rules, vec![event], dry_run).await?;
+    replayed.pop().ok_or(ReplayError::NoSuchEvent(id))
+}
+
+/// Replays the events received in `[since, until)` (at most `limit`, newest first); also says
+/// whether the limit cut the range short.
+pub async fn replay_range(
+    store: Arc<dyn Store>,
+    rules: &Rules,
+    since: Millis,
+    until: Millis,
+    limit: u32,
+    dry_run: bool,
+) -> Result<(Vec<Replayed>, bool), ReplayError> {
+    let mut events = Vec::new();
+    let truncated =
+        events_between(&*store, since, until, limit, |page| events.extend(page)).await?;
+    Ok((replay(store, rules, events, dry_run).await?, truncated))
+}
+
+/// A what-if run: which stored events, and the candidate rules.
+#[derive(Debug, Clone)]
+pub struct WhatIf {
+    pub rules_dir: PathBuf,
+    pub settings: RuleSettings,
+    pub since: Millis,
+    pub until: Millis,
+    /// Most events compared.
+    pub limit: u32,
+    /// Example events per rule and kind of change.
+    pub examples: usize,
+}
+
+/// The what-if report with what was compared.
+#[derive(Debug, Serialize)]
+pub struct WhatIfReport {
+    pub rules_dir: String,
+    pub candidate_version: String,
+    /// Candidate rule files that do not compile (they are left out of the comparison).
+    pub candidate_errors: Vec<CompileError>,
+    pub since: Millis,
+    pub until: Millis,
+    /// The event limit cut the range short (the newest events were compared).
+    pub truncated: bool,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+/// Evaluates the stored events of a time range against a candidate rules directory and compares
+/// with what their stored evaluations recorded.
+pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfReport, ReplayError> {
+    if !Path::new(&request.rules_dir).is_dir() {
+        return Err(ReplayError::NoRulesDir(request.rules_dir.clone()));
+    }
+    let candidate = Rules::load(&request.rules_dir, request.settings.clone());
+    let candidate_errors: Vec<CompileError> = candidate
+        .statuses()
+        .into_iter()
+        .filter_map(|s| s.error)
+        .collect();
+    let ruleset = candidate.current();
+    let mut comparison = Comparison::new(request.examples);
+    let mut pages = Vec::new();
+    let truncated = events_between(
+        &*store,
+        request.since,
+        request.until,
+        request.limit,
+        |page| pages.push(page),
+    )
+    .await?;
+    for page in pages {
+        let ids: Vec<i64> = page.iter().map(|e| e.id).collect();
+        let stored: HashMap<i64, serde_json::Value> = store
+            .list_evaluations(&ids)
+            .await?
+            .into_iter()
+            .filter_map(|(id, evaluation)| Some((id, evaluation.record?)))
+            .collect();
+        let (with_record, without): (Vec<StoredEvent>, Vec<StoredEvent>) =
+            page.into_iter().partition(|e| stored.contains_key(&e.id));
+        without.iter().for_each(|_| comparison.skip());
+        for (event, evaluation) in evaluate_all(store.clone(), ruleset.clone(), with_record).await?
+        {
+            let reference = EventRef {
+                event_id: event.id,
+                received_at: event.received_at,
+                customer_phone: event.event.customer_phone.clone(),
+                outcome: event.event.outcome.map(|o| o.as_str().to_string()),
+            };
+            comparison.add(reference, &stored[&event.id], &evaluation);
+        }
+    }
+    let names: Vec<String> = ruleset.rules().iter().map(|r| r.name.clone()).collect();
+    Ok(WhatIfReport {
+        rules_dir: request.rules_dir.display().to_string(),
+        candidate_version: ruleset.version.clone(),
+        candidate_errors,
+        since: request.since,
+        until: request.until,
+        truncated,
+        report: comparison.finish(names.iter().map(String::as_str)),
+    })
+}

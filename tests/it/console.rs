@@ -1,0 +1,380 @@
+//! The operator's admin API: overview, event search by outcome and matched rule, mutes, replay
+//! (dry and real), what-if (API and CLI), instances; bad parameters get 400s that name them, and
+//! missing tokens 401s.
+
+use crate::util::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ABANDONED_RULE: &str = "const NAME = \"abandoned\";\nfn when(ev) { ev.outcome == \"queue_abandoned\" }\nfn then(ev) { [callback_task(#{ phone: ev.customer_phone, reason: \"abandoned\" })] }";
+const ANSWERED_RULE: &str = "const NAME = \"answered\";\nfn when(ev) { ev.outcome == \"agent_answered\" }\nfn then(ev) { [close_callback_tasks(#{ phone: ev.customer_phone })] }";
+
+async fn service() -> (TestServer, tempfile::TempDir) {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("abandoned.rhai"), ABANDONED_RULE).unwrap();
+    std::fs::write(rules.path().join("answered.rhai"), ANSWERED_RULE).unwrap();
+    let rules_dir = rules.path().to_path_buf();
+    let server = TestServer::start_with(move |config| config.rules_dir = rules_dir).await;
+    (server, rules)
+}
+
+/// Posts a call with the given `call_result` and phone; returns its event id.
+async fn call(server: &TestServer, n: u64, call_result: &str, phone: &str) -> i64 {
+    let body = json!({"call_id": format!("c{n}"), "conversation_id": n, "call_result": call_result, "customer_phone": phone});
+    let (status, ack) = server.post(body.to_string(), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    ack["id"].as_i64().unwrap()
+}
+
+/// Waits until the event is processed and its jobs settled; returns its trace.
+async fn processed(server: &TestServer, id: i64) -> Value {
+    let path = format!("/v1/events/{id}");
+    eventually(
+        Duration::from_secs(10),
+        "the event to be processed",
+        || async {
+            let (_, trace) = server.admin_get(&path).await;
+            let settled = trace["jobs"]
+                .as_array()?
+                .iter()
+                .all(|j| !matches!(j["status"].as_str(), Some("pending" | "retrying")));
+            (trace["state"] == "processed" && settled).then_some(trace)
+        },
+    )
+    .await
+}
+
+async fn admin_post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
+    send(
+        server
+            .client
+            .post(server.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_search_and_instances() {
+    let (server, _rules) = service().await;
+    let a = call(&server, 1, "待機放棄", "13800000001").await;
+    let b = call(&server, 2, "オペレーター応答", "13800000002").await;
+    let c = call(&server, 3, "顧客未応答", "13800000003").await;
+    for id in [a, b, c] {
+        processed(&server, id).await;
+    }
+    let (status, overview) = server.admin_get("/v1/overview?minutes=60").await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert_eq!(overview["events"], 3, "{overview}");
+    assert_eq!(overview["matched_events"], 2, "{overview}");
+    assert_eq!(overview["open_callback_tasks"], 1, "{overview}");
+    assert_eq!(overview["rules"]["count"], 2, "{overview}");
+    assert_eq!(overview["rules"]["broken"], 0, "{overview}");
+    assert_eq!(overview["jobs"]["done"], 2, "{overview}");
+    assert_eq!(overview["jobs"]["dead"], 0, "{overview}");
+    let per_minute: i64 = overview["events_per_minute"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["events"].as_i64().unwrap())
+        .sum();
+    assert_eq!(per_minute, 3);
+
+    // Search by outcome (normalized or as Udesk spells it) and by matched rule.
+    for query in [
+        "outcome=queue_abandoned",
+        "outcome=待機放棄",
+        "rule=abandoned",
+    ] {
+        let (status, page) = server.admin_get(&format!("/v1/events?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {page}");
+        let ids: Vec<i64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [a], "{query}");
+    }
+    let (_, page) = server.admin_get("/v1/events?rule=nobody").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 0);
+
+    // This instance reports the rule set it runs.
+    let (status, instances) = server.admin_get("/v1/instances").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, rules) = server.admin_get("/v1/rules").await;
+    assert_eq!(instances["agree"], true);
+    assert_eq!(
+        instances["instances"][0]["ruleset_version"],
+        rules["version"]
+    );
+
+    for (path, parameter) in [
+        ("/v1/overview?minutes=0", "minutes"),
+        ("/v1/overview?window=5", "window"),
+        ("/v1/events?outcome=lost", "outcome"),
+        ("/v1/mutes?all=maybe", "all"),
+    ] {
+        let (status, body) = server.admin_get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["parameter"], parameter, "{path}: {body}");
+    }
+    for path in ["/v1/overview", "/v1/instances", "/v1/mutes"] {
+        let status = server
+            .client
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let wrong = server
+            .client
+            .get(server.url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(wrong, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muted_rules_and_phones_record_their_actions_as_muted() {
+    let (server, _rules) = service().await;
+    let (status, mute) = admin_post(
+        &server,
+        "/v1/mutes",
+        json!({"scope": "rule", "value": "abandoned", "for": "1h", "reason": "queue maintenance"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{mute}");
+    let (status, phone_mute) = admin_post(
+        &server,
+        "/v1/mutes",
+        json!({"scope": "phone", "value": "13800000009", "until": "2099-01-01T00:00:00Z", "reason": "test line"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{phone_mute}");
+
+    let trace = processed(&server, call(&server, 1, "待機放棄", "13800000001").await).await;
+    assert_eq!(trace["jobs"][0]["status"], "muted", "{trace}");
+    let note = trace["jobs"][0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("abandoned") && note.contains("queue maintenance"),
+        "{note}"
+    );
+    let trace = processed(
+        &server,
+        call(&server, 2, "オペレーター応答", "13800000009").await,
+    )
+    .await;
+    assert_eq!(
+        trace["jobs"][0]["status"], "muted",
+        "the phone's mute: {trace}"
+    );
+
+    let (_, listed) = server.admin_get("/v1/mutes").await;
+    assert_eq!(listed["mutes"].as_array().unwrap().len(), 2);
+    let id = mute["id"].as_i64().unwrap();
+    let (status, _) = admin_post(&server, &format!("/v1/mutes/{id}/lift"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = admin_post(&server, &format!("/v1/mutes/{id}/lift"), json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "lifted already");
+    let trace = processed(&server, call(&server, 3, "待機放棄", "13800000001").await).await;
+    assert_eq!(trace["jobs"][0]["status"], "done", "lifted: {trace}");
+    let (_, all) = server.admin_get("/v1/mutes?all=true").await;
+    assert_eq!(all["mutes"].as_array().unwrap().len(), 2);
+    let (_, active) = server.admin_get("/v1/mutes").await;
+    assert_eq!(active["mutes"].as_array().unwrap().len(), 1);
+
+    for (body, parameter) in [
+        (
+            json!({"scope": "team", "value": "x", "for": "1h", "reason": "r"}),
+            "scope",
+        ),
+        (
+            json!({"scope": "rule", "value": "x", "reason": "r"}),
+            "until",
+        ),
+        (
+            json!({"scope": "rule", "value": "x", "for": "soon", "reason": "r"}),
+            "for",
+        ),
+        (
+            json!({"scope": "rule", "value": "x", "until": "2001-01-01T00:00:00Z", "reason": "r"}),
+            "until",
+        ),
+        (
+            json!({"scope": "rule", "value": "x", "for": "1h", "reason": " "}),
+            "reason",
+        ),
+    ] {
+        let (status, answer) = admin_post(&server, "/v1/mutes", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["parameter"], parameter, "{body}: {answer}");
+    }
+    let (status, answer) = admin_post(&server, "/v1/mutes", json!({"scope": "rule"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error"], "invalid_body", "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_dry_and_real_never_collides_with_the_first_run() {
+    let (server, _rules) = service().await;
+    let id = call(&server, 1, "待機放棄", "13800000001").await;
+    let first = processed(&server, id).await;
+    assert_eq!(first["jobs"].as_array().unwrap().len(), 1);
+
+    let path = format!("/v1/events/{id}/replay");
+    let (status, dry) = admin_post(&server, &path, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(
+        (dry["dry_run"].clone(), dry["queued"].clone()),
+        (json!(true), json!(0))
+    );
+    assert_eq!(dry["actions"][0]["kind"], "callback_task", "{dry}");
+    assert_eq!(
+        processed(&server, id).await["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let (status, real) = admin_post(&server, &path, json!({"dry_run": false})).await;
+    assert_eq!(status, StatusCode::OK, "{real}");
+    assert_eq!(real["queued"], 1, "{real}");
+    let run = real["run"].as_str().unwrap().to_string();
+    let trace = processed(&server, id).await;
+    let jobs = trace["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{trace}");
+    assert!(
+        jobs.iter()
+            .any(|j| j["idempotency_key"].as_str().unwrap().ends_with(&run))
+    );
+    assert!(jobs.iter().all(|j| j["status"] == "done"), "{trace}");
+
+    // A range, dry.
+    let (status, range) = admin_post(&server, "/v1/replay", json!({"since": "1h"})).await;
+    assert_eq!(status, StatusCode::OK, "{range}");
+    assert_eq!(
+        range["events"][0]["matched"],
+        json!(["abandoned"]),
+        "{range}"
+    );
+
+    let (status, _) = admin_post(&server, "/v1/events/999999/replay", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, answer) = admin_post(&server, &path, json!({"dry": false})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"].as_str().unwrap().contains("dry"),
+        "{answer}"
+    );
+    let (status, answer) = admin_post(&server, "/v1/replay", json!({"since": "last week"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["parameter"], "since", "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_reports_per_rule_changes_by_api_and_cli() {
+    let (server, _rules) = service().await;
+    let mut ids = Vec::new();
+    for (n, (result, queue_time)) in [("待機放棄", 30), ("待機放棄", 90), ("オペレーター応答", 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let body = json!({"call_id": format!("w{n}"), "conversation_id": n, "call_result": result,
+            "customer_phone": format!("1380000000{n}"), "queue_time": queue_time});
+        let (status, ack) = server.post(body.to_string(), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        ids.push(ack["id"].as_i64().unwrap());
+    }
+    for id in &ids {
+        processed(&server, *id).await;
+    }
+    // The candidate: `abandoned` only after 60 s in queue, `answered` gone, a new `all-calls`.
+    let candidate = tempfile::tempdir().unwrap();
+    std::fs::write(
+        candidate.path().join("abandoned.rhai"),
+        ABANDONED_RULE.replace(
+            "ev.outcome == \"queue_abandoned\"",
+            "ev.outcome == \"queue_abandoned\" && ev.queue_time > 60",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        candidate.path().join("all.rhai"),
+        "const NAME = \"all-calls\";\nfn when(ev) { true }\nfn then(ev) { [] }",
+    )
+    .unwrap();
+    let (status, report) = admin_post(
+        &server,
+        "/v1/what-if",
+        json!({"rules_dir": candidate.path(), "since": "1h"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["events_compared"], 3, "{report}");
+    let rule = |name: &str| {
+        report["changed_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    let abandoned = rule("abandoned");
+    assert_eq!(
+        (
+            abandoned["matched_before"].clone(),
+            abandoned["matched_after"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    assert_eq!(abandoned["stops_matching"], 1);
+    assert_eq!(abandoned["actions_removed"], 1);
+    assert_eq!(abandoned["examples"][0]["event_id"], ids[0], "{abandoned}");
+    assert_eq!(rule("answered")["stops_matching"], 1);
+    assert_eq!(rule("all-calls")["newly_matching"], 3);
+
+    let (status, answer) = admin_post(
+        &server,
+        "/v1/what-if",
+        json!({"rules_dir": "/no/such/dir", "since": "1h"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["parameter"], "rules_dir", "{answer}");
+
+    // The same from the command line, on the database.
+    let dir = server.stop().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["what-if", "--since", "7d", "--rules"])
+        .arg(candidate.path())
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.path().join("sb.db").display()))
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("against 3 stored events"), "{stdout}");
+    assert!(
+        stdout.contains("abandoned: matched 2 -> 1 (+0 newly, -1 no longer)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all-calls: matched 0 -> 3"), "{stdout}");
+}
