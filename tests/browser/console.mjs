@@ -121,6 +121,16 @@ try {
     return rows.length === 1 && rows[0].includes(VIP_PHONE) && rows[0].includes('山田 花子');
   });
   if (!page.url().includes(`phone=${VIP_PHONE}`)) fail(`the search is not in the address: ${page.url()}`);
+  // By outcome and matched rule: only the VIP call matched vip-missed.
+  await page.fill('input[name="phone"]', '');
+  await page.selectOption('select[name="outcome"]', 'queue_abandoned');
+  await page.selectOption('select[name="rule"]', 'vip-missed');
+  await page.click('form.filters button[type=submit]');
+  await until('the outcome and rule search', async () => {
+    const rows = await page.locator('table.table tbody tr').allInnerTexts();
+    return page.url().includes('rule=vip-missed') && rows.length === 1 && rows[0].includes(VIP_PHONE);
+  });
+  await shot(page, 'events-search');
   await page.locator('table.table tbody tr').first().click();
   await page.locator('h1', { hasText: /^Event #\d+$/ }).waitFor();
   await page.locator('.verdict[data-verdict="matched"]', { hasText: 'abandoned-in-queue' }).waitFor();

@@ -29,7 +29,7 @@ const BADGE_TONE = {
   dead: 'bad', error: 'bad', failed: 'bad', permanent: 'bad',
   retrying: 'warn', transient: 'warn', throttled: 'warn', processing: 'info',
   pending: 'info', open: 'info', claimed: 'violet',
-  suppressed: 'muted', cancelled: 'muted', disabled: 'muted', 'not matched': 'muted',
+  suppressed: 'muted', muted: 'muted', cancelled: 'muted', disabled: 'muted', 'not matched': 'muted',
 };
 
 const state = {
@@ -459,8 +459,10 @@ async function renderOverview(ctx) {
       `${plural(o.rule_errors, 'evaluation error')} · ${plural(rules.broken || 0, 'broken file')}`,
       o.rule_errors || rules.broken ? 'bad' : 'good', '#/rules', 'rule-errors'));
 
-  const jobRow = h('div', { class: 'job-counts' }, JOB_STATUSES.map((st) =>
-    h('a', { class: 'job-count', href: '#/jobs?status=' + st },
+  // `muted` (a mute held the job back) is counted but cannot be listed by status.
+  const shown = JOB_STATUSES.concat(jobs.muted ? ['muted'] : []);
+  const jobRow = h('div', { class: 'job-counts' }, shown.map((st) =>
+    h(JOB_STATUSES.includes(st) ? 'a' : 'div', { class: 'job-count', href: JOB_STATUSES.includes(st) ? '#/jobs?status=' + st : null },
       badge(st), h('span', { class: 'job-count-n' }, String(jobs[st] || 0)))));
 
   const view = h('div', { class: 'page' },
