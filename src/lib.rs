@@ -25,6 +25,7 @@
 pub mod api;
 pub mod committer;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod event;
 pub mod instance;

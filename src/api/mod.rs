@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .merge(intake)
         .merge(admin)
         .merge(health)
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

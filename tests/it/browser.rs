@@ -1,0 +1,303 @@
+//! The dashboard end to end in a real browser: the service runs in-process with data behind every
+//! page (an hour of call history, callback tasks, a webhook job that went dead), then
+//! `tests/browser/console.mjs` drives headless Chromium through it with playwright-core.
+//!
+//! Needs Debian's `chromium` and `npm ci` in `tests/browser`; `scripts/test` provisions both. This
+//! test fails (never skips) when they are missing.
+
+use crate::util::*;
+use chrono::{FixedOffset, TimeZone};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use switchboard::config::{Secret, WebhookTarget};
+use switchboard::delivery::retry::Schedule;
+use switchboard::store::NewEvent;
+
+/// The VIP sample's phone: its event opens a callback task and posts to the chat webhook.
+const VIP_PHONE: &str = "13800138000";
+
+fn chromium_path() -> PathBuf {
+    std::env::var_os("CHROMIUM_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// What the browser test needs besides the service; panics with how to get it.
+fn require_browser_tools(root: &Path) {
+    let mut missing = Vec::new();
+    if !chromium_path().is_file() {
+        missing.push(format!(
+            "Chromium at {} (Debian package `chromium`)",
+            chromium_path().display()
+        ));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        missing.push("Node.js (`node` on PATH)".to_string());
+    }
+    if !root
+        .join("tests/browser/node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        missing.push("tests/browser/node_modules (`npm ci` in tests/browser)".to_string());
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard browser test cannot run: missing {}. Run `scripts/test` (it installs \
+         Chromium with apt and runs `npm ci` in tests/browser), or install them by hand.",
+        missing.join(", ")
+    );
+}
+
+/// A webhook receiver on loopback that answers 404 to its first request (a permanent failure:
+/// the job goes dead at once) and 204 to every later one (the operator's retry succeeds).
+async fn flaky_receiver() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/chat",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    axum::http::StatusCode::NOT_FOUND
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/chat", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+/// The starter rules of `rules/`, copied into a fresh directory the browser test may edit.
+fn starter_rules(root: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root.join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rhai") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// An hour of call history, stored with past receive times so that the overview has a shape:
+/// answered calls, abandoned ones (callback tasks, some overdue), missed and outbound calls.
+fn history(now_ms: i64) -> Vec<NewEvent> {
+    let people = [
+        ("佐藤 健", "13912340001"),
+        ("鈴木 美咲", "13912340002"),
+        ("高橋 翔", "13912340003"),
+        ("田中 結衣", "13912340004"),
+        ("伊藤 蓮", "13912340005"),
+        ("渡辺 さくら", "13912340006"),
+        ("Li Wei", "15000001111"),
+        ("Chen Jing", "15000002222"),
+    ];
+    let tokyo = FixedOffset::east_opt(9 * 3600).unwrap();
+    // Calls per minute, oldest first: a quiet start, a busy stretch, a few empty minutes.
+    let times: Vec<i64> = (1..=58i64)
+        .rev()
+        .flat_map(|minutes_ago| {
+            let calls = match minutes_ago {
+                m if m % 11 == 0 => 0,
+                18..=27 => 2 + minutes_ago % 3,
+                m => 1 + i64::from(m % 4 == 1),
+            };
+            (0..calls).map(move |k| now_ms - minutes_ago * 60_000 + k * 13_000)
+        })
+        .collect();
+    times
+        .into_iter()
+        .zip(0u32..)
+        .map(|(at, i)| {
+            let (name, phone) = people[(i as usize * 5) % people.len()];
+            let (workflow, call_result, queue_time) = match i % 9 {
+                0 | 4 => ("in", "待機放棄", 61 + i64::from(i) * 3),
+                2 => ("in", "オペレーター未応答", 12),
+                6 => ("out_auto", "顧客未応答", 0),
+                _ => ("in", "オペレーター応答", 8 + i64::from(i % 4) * 5),
+            };
+            let time = tokyo
+                .timestamp_millis_opt(at)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S %z")
+                .to_string();
+            let body = json!({
+                "call_id": format!("hist-{i:04}-{}", now_ms % 100_000),
+                "conversation_id": 30_000 + i,
+                "timestamp": time,
+                "nick_name": name,
+                "customer_phone": phone,
+                "mobile_area": "東京",
+                "workflow": workflow,
+                "call_result": call_result,
+                "queue_time": queue_time,
+                "task_name": if workflow == "in" { "" } else { "November renewals" },
+                "extend": {"team": "support"},
+            });
+            let raw = serde_json::to_vec(&body).unwrap();
+            let parsed = switchboard::event::parse_body(&raw, Some("application/json")).unwrap();
+            let decoded = switchboard::event::decode(&parsed);
+            NewEvent {
+                dedupe_key: switchboard::event::dedupe_key(&parsed.fields),
+                received_at: at,
+                source_addr: Some("203.0.113.7:443".into()),
+                content_type: Some("application/json".into()),
+                raw_body: raw,
+                event: decoded.event,
+                warnings: decoded.warnings,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    require_browser_tools(root);
+
+    let (hook_url, hits) = flaky_receiver().await;
+    let rules = starter_rules(root);
+    let rules_dir = rules.path().to_path_buf();
+    let server = TestServer::start_with(|config| {
+        config.rules_dir = rules_dir.clone();
+        config.allow_private_targets = true;
+        config.retry_schedule = Schedule {
+            delays: vec![Duration::from_millis(200); 3],
+        };
+        config.webhook_targets.insert(
+            "chat".into(),
+            WebhookTarget {
+                url: Secret::new(hook_url.clone()),
+                method: "POST".into(),
+                headers: Default::default(),
+                timeout: Duration::from_secs(2),
+                secret: None,
+                allow_private: true,
+            },
+        );
+    })
+    .await;
+
+    // History goes straight into the store (the API stamps receive times itself); the service's
+    // processor picks it up like any accepted event.
+    let store = switchboard::store::open(&format!(
+        "sqlite://{}",
+        server.dir.path().join("sb.db").display()
+    ))
+    .await
+    .unwrap();
+    let history = history(switchboard::store::now_millis());
+    let history_len = history.len();
+    store.insert_events(&history).await.unwrap();
+    store.close().await;
+
+    // The live event: a VIP caller abandoned in the queue. It opens a callback task, emails ops
+    // and posts to the chat webhook, whose first answer is a 404.
+    let (status, ack) = server
+        .post(sample("abandoned-long-wait.json"), Some("application/json"))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{ack}");
+    let event_id = ack["id"].as_i64().unwrap();
+    let path = format!("/v1/events/{event_id}");
+    let dead: Value = eventually(
+        Duration::from_secs(20),
+        "the chat webhook job to go dead",
+        || async {
+            let (_, trace) = server.admin_get(&path).await;
+            let jobs = trace["jobs"].as_array()?;
+            jobs.iter()
+                .find(|j| j["kind"] == "webhook" && j["status"] == "dead")
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "{dead}");
+    eventually(
+        Duration::from_secs(20),
+        "the VIP caller's callback task",
+        || async {
+            let (_, tasks) = server
+                .admin_get(&format!("/v1/callback-tasks?status=open&phone={VIP_PHONE}"))
+                .await;
+            (!tasks.as_array()?.is_empty()).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the history to be processed",
+        || async {
+            let (_, page) = server.admin_get("/v1/events?limit=500").await;
+            let events = page["events"].as_array()?;
+            (events.len() == history_len + 1 && events.iter().all(|e| e["state"] == "processed"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let artifacts = root.join("target/browser-artifacts");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let log_path = artifacts.join("console.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new("node")
+        .arg(root.join("tests/browser/console.mjs"))
+        .arg(server.url("/"))
+        .arg(ADMIN_TOKEN)
+        .arg(rules.path())
+        .arg(&artifacts)
+        .env("CHROMIUM_PATH", chromium_path())
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("node starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break Some(exit);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match exit {
+        Some(exit) if exit.success() => println!("{output}"),
+        Some(exit) => panic!(
+            "the browser test failed ({exit}); screenshots in {}:\n{output}",
+            artifacts.display()
+        ),
+        None => panic!("the browser test did not finish within 240 s:\n{output}"),
+    }
+
+    // What the browser did is real: the retried job was delivered, the task is closed.
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the retry reached the receiver"
+    );
+    let (_, job) = server.admin_get(&format!("/v1/jobs/{}", dead["id"])).await;
+    assert_eq!(job["status"], "done", "{job}");
+    let (_, done) = server
+        .admin_get(&format!("/v1/callback-tasks?status=done&phone={VIP_PHONE}"))
+        .await;
+    assert_eq!(
+        done[0]["outcome"], "Called back: rebooked for Friday",
+        "{done}"
+    );
+    server.stop().await;
+}
