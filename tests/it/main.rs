@@ -9,5 +9,6 @@ mod email;
 mod intake;
 mod props;
 mod rules;
+mod scale;
 mod store;
 mod util;
