@@ -189,12 +189,7 @@ async fn dashboard_in_chromium() {
 
     // History goes straight into the store (the API stamps receive times itself); the service's
     // processor picks it up like any accepted event.
-    let store = switchboard::store::open(&format!(
-        "sqlite://{}",
-        server.dir.path().join("sb.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = switchboard::store::open(&server.database).await.unwrap();
     let history = history(switchboard::store::now_millis());
     let history_len = history.len();
     store.insert_events(&history).await.unwrap();

@@ -387,12 +387,13 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
     assert_eq!(answer["parameter"], "rules_dir", "{answer}");
 
     // The same from the command line, on the database.
-    let dir = server.stop().await;
+    let database = server.database.clone();
+    server.stop().await;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["what-if", "--since", "7d", "--rules"])
         .arg(candidate.path())
         .arg("--database")
-        .arg(format!("sqlite://{}", dir.path().join("sb.db").display()))
+        .arg(&database)
         .env_remove("SWITCHBOARD_CONFIG")
         .output()
         .unwrap();

@@ -256,12 +256,7 @@ async fn the_ssrf_guard_refuses_private_targets() {
         "{job}"
     );
     assert!(receiver.received().is_empty(), "nothing was sent");
-    let store = switchboard::store::open(&format!(
-        "sqlite://{}",
-        server.dir.path().join("sb.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = switchboard::store::open(&server.database).await.unwrap();
     let attempts = store
         .list_job_attempts(job["id"].as_i64().unwrap())
         .await

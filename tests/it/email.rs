@@ -168,12 +168,7 @@ async fn a_permanent_refusal_dead_letters_the_email() {
         "{job}"
     );
     assert!(smtp.messages().is_empty());
-    let store = switchboard::store::open(&format!(
-        "sqlite://{}",
-        server.dir.path().join("sb.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = switchboard::store::open(&server.database).await.unwrap();
     let attempts = store
         .list_job_attempts(job["id"].as_i64().unwrap())
         .await

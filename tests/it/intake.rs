@@ -731,8 +731,8 @@ async fn several_ingest_tokens_are_valid_at_once() {
 async fn graceful_stop_keeps_everything_and_restart_reads_it() {
     let server = TestServer::start().await;
     let (_, ack) = server.post(sample("outbound-no-answer.json"), None).await;
+    let db = server.database.clone();
     let dir = server.stop().await;
-    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
     let server =
         TestServer::start_with(|c| c.database_url = switchboard::config::Secret::new(db)).await;
     let (status, stored) = server.admin_get(&format!("/v1/events/{}", ack["id"])).await;

@@ -789,12 +789,7 @@ async fn matches_become_one_callback_task_per_phone_closed_when_the_customer_is_
         config.rules_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
     })
     .await;
-    let store = switchboard::store::open(&format!(
-        "sqlite://{}",
-        server.dir.path().join("sb.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = switchboard::store::open(&server.database).await.unwrap();
     let phone = "13800138000";
     let mut outbound: serde_json::Value =
         serde_json::from_slice(&sample("outbound-no-answer.json")).unwrap();

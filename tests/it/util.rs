@@ -47,6 +47,18 @@ pub async fn postgres_database() -> Option<String> {
     Some(format!("{server}/{name}"))
 }
 
+/// The database a test service uses: a SQLite file in `dir`, or with
+/// `SWITCHBOARD_TEST_STORE=postgres` (scripts/test runs the suite a second time so) a fresh
+/// PostgreSQL database.
+pub async fn test_database(dir: &Path) -> String {
+    if std::env::var("SWITCHBOARD_TEST_STORE").as_deref() == Ok("postgres") {
+        return postgres_database()
+            .await
+            .expect("SWITCHBOARD_TEST_STORE=postgres needs SWITCHBOARD_TEST_POSTGRES");
+    }
+    format!("sqlite://{}", dir.join("sb.db").display())
+}
+
 pub const INGEST_TOKEN: &str = "test-ingest-token";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -104,6 +116,9 @@ where
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: TempDir,
+    /// The store's URL: a SQLite file in `dir`, or a fresh PostgreSQL database when the suite
+    /// runs on PostgreSQL (`SWITCHBOARD_TEST_STORE=postgres`).
+    pub database: String,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), switchboard::ServeError>>>,
@@ -118,8 +133,7 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::with_defaults();
-        config.database_url =
-            Secret::new(format!("sqlite://{}", dir.path().join("sb.db").display()));
+        config.database_url = Secret::new(test_database(dir.path()).await);
         config.rules_dir = dir.path().join("rules");
         config.ingest_tokens = vec![Secret::new(INGEST_TOKEN)];
         config.admin_token = Some(Secret::new(ADMIN_TOKEN));
@@ -130,6 +144,7 @@ impl TestServer {
     }
 
     async fn start_in(dir: TempDir, config: Config) -> Self {
+        let config_database = config.database_url.expose().to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -139,6 +154,7 @@ impl TestServer {
         let server = TestServer {
             addr,
             dir,
+            database: config_database,
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
