@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example delivery_load -- [JOBS]            # default 20000
 //! cargo run --release --example delivery_load -- [JOBS] --queued
+//! cargo run --release --example delivery_load -- [JOBS] --queued --database postgres://… [--instances 3]
 //! ```
 //! By default it posts JOBS notifications (each fires one webhook rule) over 32 connections and
 //! waits until every webhook job is done: intake, evaluation and delivery all share the one
@@ -11,7 +12,9 @@
 //!
 //! `--queued` measures the delivery path alone: JOBS webhook jobs are written to the store first
 //! (as evaluations that asked for them), then the service starts and the clock runs until the
-//! receiver has every one and the store records every job done.
+//! receiver has every one and the store records every job done. `--database` runs it on another
+//! store (an empty PostgreSQL database, say) and `--instances N` starts N services on it in this
+//! process, each with its own pools and workers, as N instances would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +25,27 @@ use switchboard::config::{Config, Secret, WebhookTarget};
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let queued = args.iter().any(|a| a == "--queued");
-    let jobs: u64 = args
+    let flag = |name: &str| {
+        args.iter().position(|a| a == name).map(|i| {
+            args.get(i + 1)
+                .unwrap_or_else(|| panic!("{name} needs a value"))
+                .clone()
+        })
+    };
+    let database = flag("--database");
+    let instances: usize =
+        flag("--instances").map_or(1, |n| n.parse().expect("--instances: a number"));
+    let values: Vec<&String> = args
         .iter()
-        .find(|a| !a.starts_with("--"))
+        .enumerate()
+        .filter(|(i, a)| {
+            !a.starts_with("--")
+                && (*i == 0 || !matches!(args[i - 1].as_str(), "--database" | "--instances"))
+        })
+        .map(|(_, a)| a)
+        .collect();
+    let jobs: u64 = values
+        .first()
         .map(|n| n.parse().expect("JOBS: a number"))
         .unwrap_or(20_000);
     let received = Arc::new(AtomicU64::new(0));
@@ -48,7 +69,9 @@ async fn main() {
     )
     .unwrap();
     let mut config = Config::with_defaults();
-    config.database_url = Secret::new(format!("sqlite://{}", dir.path().join("sb.db").display()));
+    config.database_url = Secret::new(
+        database.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("sb.db").display())),
+    );
     config.rules_dir = dir.path().join("rules");
     config.outbox_dir = dir.path().join("outbox");
     config.allow_private_targets = true;
@@ -69,7 +92,7 @@ async fn main() {
         },
     );
     if queued {
-        return delivery_only(config, jobs, received).await;
+        return delivery_only(config, jobs, received, instances).await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -118,7 +141,7 @@ async fn main() {
 }
 
 /// Queues `jobs` webhook jobs in the store, then starts the service and times their delivery.
-async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>) {
+async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, instances: usize) {
     use switchboard::event::{decode, dedupe_key, parse_body};
     use switchboard::store::{Finished, Lease, NewEvent, NewJob, job_status, now_millis};
     let store = switchboard::store::open(config.database_url.expose())
@@ -180,9 +203,15 @@ async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>) {
     );
 
     let database = config.database_url.expose().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let began = Instant::now();
-    tokio::spawn(switchboard::run(config, listener, std::future::pending()));
+    for _ in 0..instances {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tokio::spawn(switchboard::run(
+            config.clone(),
+            listener,
+            std::future::pending(),
+        ));
+    }
     while received.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
@@ -204,8 +233,8 @@ async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>) {
     }
     let total = began.elapsed().as_secs_f64();
     println!(
-        "{jobs} queued webhook jobs delivered (signed, HTTP/1.1 on loopback) and recorded done in \
-         {total:.2}s = {:.0} jobs/s",
+        "{jobs} queued webhook jobs delivered (signed, HTTP/1.1 on loopback) and recorded done by \
+         {instances} instance(s) in {total:.2}s = {:.0} jobs/s",
         jobs as f64 / total
     );
 }

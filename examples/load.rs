@@ -5,6 +5,8 @@
 //! cargo run --release --example load -- --url http://127.0.0.1:8080 --token TOKEN \
 //!     [--connections 64] [--seconds 10] [--rate 5000]
 //! ```
+//! `--url` may list several instances, comma-separated: connections are spread over them, as a
+//! load balancer would.
 //! Without `--rate` it sends as fast as the connections allow (throughput); with it, it paces
 //! the requests at that many per second (latency at a given load).
 
@@ -56,7 +58,11 @@ fn payloads() -> Vec<serde_json::Value> {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
-    let url = format!("{}/v1/notifications", args.url.trim_end_matches('/'));
+    let urls: Vec<String> = args
+        .url
+        .split(',')
+        .map(|u| format!("{}/v1/notifications", u.trim().trim_end_matches('/')))
+        .collect();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .build()
@@ -79,7 +85,7 @@ async fn main() {
     for conn in 0..args.connections {
         let (client, url, token, templates, next) = (
             client.clone(),
-            url.clone(),
+            urls[conn % urls.len()].clone(),
             args.token.clone(),
             templates.clone(),
             next.clone(),

@@ -321,7 +321,7 @@ pub struct Overview {
     pub dead_jobs_total: i64,
     /// Jobs due now or earlier and not yet done (pending or retrying).
     pub due_jobs: i64,
-    /// When the oldest due job became due.
+    /// When the oldest due job became due (its retry time, or its creation for a first attempt).
     pub oldest_due_at: Option<Millis>,
     pub open_callback_tasks: i64,
 }

@@ -842,7 +842,8 @@ macro_rules! overview {
                 .fetch_one($pool)
                 .await?;
         let (due_jobs, oldest_due_at): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(next_attempt_at) FROM jobs \
+            "SELECT COUNT(*), MIN(CASE WHEN next_attempt_at > created_at THEN next_attempt_at \
+             ELSE created_at END) FROM jobs \
              WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $1",
         )
         .bind(now)
