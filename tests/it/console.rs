@@ -388,7 +388,7 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
 
     // The same from the command line, on the database.
     let database = server.database.clone();
-    server.stop().await;
+    let _dir = server.stop().await; // the SQLite file lives in it
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["what-if", "--since", "7d", "--rules"])
         .arg(candidate.path())
