@@ -54,7 +54,8 @@ async function until(what, check, { ms = T, every = 150 } = {}) {
 }
 
 async function shot(page, name) {
-  await page.evaluate(() => document.fonts && document.fonts.ready);
+  // From the top, so that the sticky header is drawn where it belongs in a full-page shot.
+  await page.evaluate(() => { window.scrollTo(0, 0); return document.fonts && document.fonts.ready; });
   const path = join(artifacts, `${name}.png`);
   await page.screenshot({ path, fullPage: true });
   log(`screenshot ${path}`);
@@ -195,6 +196,7 @@ try {
   await page.click('button[data-action="confirm-replay"]');
   await page.locator('.replay-result[data-replay="real"] [data-queued="1"]').waitFor();
   await until('the replayed job to show in the trace', async () => (await page.locator('.job').count()) === jobsBefore + 1);
+  await page.locator('.job [data-replayed]').first().waitFor();
   await until('the replayed email to be sent', async () => (await page.locator('.job[data-status="done"]').count()) === jobsBefore + 1, { ms: 20000 });
   await shot(page, 'event-replay');
 

@@ -145,11 +145,11 @@ function relative(d) {
   return fmtRelative.format(Math.round(seconds / 86400), 'day');
 }
 
-function time(value, { rel = false } = {}) {
+function time(value, { rel = false, day = false } = {}) {
   const d = toDate(value);
   if (!d) return h('span', { class: 'muted' }, '—');
-  return h('time', { datetime: d.toISOString(), title: `${fmtFull.format(d)} (${relative(d)})` },
-    rel ? relative(d) : formatLocal(d));
+  const text = rel ? relative(d) : day ? `${fmtDay.format(d)}, ${fmtTime.format(d)}` : formatLocal(d);
+  return h('time', { datetime: d.toISOString(), title: `${fmtFull.format(d)} (${relative(d)})` }, text);
 }
 
 function duration(ms) {
@@ -363,6 +363,7 @@ async function route({ quiet = false } = {}) {
     const active = a.dataset.section === section;
     a.classList.toggle('active', active);
     if (active) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+    if (active) keepInView($('#nav'), a);
   }
   const main = $('#main');
   if (!quiet) {
@@ -389,6 +390,13 @@ async function route({ quiet = false } = {}) {
     if (e.handled || !ctx.current()) return;
     ctx.mount(h('div', { class: 'page' }, errorPanel(e, () => route())));
   }
+}
+
+// On a phone the nav scrolls sideways: show the current page's link.
+function keepInView(nav, link) {
+  const box = nav.getBoundingClientRect();
+  const at = link.getBoundingClientRect();
+  if (at.left < box.left || at.right > box.right) nav.scrollLeft += at.left - box.left - 8;
 }
 
 function renderNotFound(ctx) {
@@ -526,11 +534,11 @@ function instancesList(inst) {
   return h('ul', { class: 'instances' }, inst.instances.map((i) => h('li', { class: 'instance', 'data-instance': i.id },
     h('div', { class: 'instance-head' },
       h('strong', { class: 'mono' }, i.id),
-      i.id === inst.this_instance ? h('span', { class: 'badge tone-info' }, 'this instance') : null,
-      !inst.agree ? h('span', { class: 'badge tone-warn', title: i.ruleset_version }, 'rules ' + shortHash(i.ruleset_version)) : null),
+      i.id === inst.this_instance ? h('span', { class: 'badge tone-info' }, 'this instance') : null),
     h('div', { class: 'instance-meta small' },
       h('span', null, 'listens on ', h('code', null, i.listen || '—')),
-      h('span', null, 'rules ', h('code', { title: i.ruleset_version }, shortHash(i.ruleset_version))),
+      h('span', { class: inst.agree ? null : 'version-differs', title: inst.agree ? null : 'Not every instance runs this rule set' },
+        'rules ', h('code', { title: i.ruleset_version }, shortHash(i.ruleset_version))),
       i.version ? h('span', null, 'v' + i.version) : null,
       h('span', { class: 'muted' }, 'started ', time(i.started_at, { rel: true }), ' · seen ', time(i.seen_at, { rel: true }))))));
 }
@@ -539,7 +547,10 @@ function instancesList(inst) {
 function queueHealth(o) {
   const age = o.oldest_due_age_ms;
   const lagging = age !== null && age !== undefined && age > 60000;
-  return h('div', { class: 'queue-health' },
+  const status = !o.due_jobs ? 'Nothing is waiting: delivery keeps up.'
+    : lagging ? `Delivery is behind: the oldest due job has waited ${duration(age)}.`
+      : `${plural(o.due_jobs, 'job')} due; the workers are on it.`;
+  return h('div', null, h('div', { class: 'queue-health' },
     h('div', { class: ['health', o.due_jobs ? (lagging ? 'tone-warn' : 'tone-info') : 'tone-good'], 'data-health': 'due' },
       h('span', { class: 'health-value' }, String(o.due_jobs ?? '—')),
       h('span', { class: 'health-label' }, 'jobs due now')),
@@ -548,7 +559,8 @@ function queueHealth(o) {
       h('span', { class: 'health-label' }, 'oldest due job waiting')),
     h('a', { class: ['health', o.dead_jobs_total ? 'tone-bad' : 'tone-good'], href: '#/jobs?status=dead', 'data-health': 'dead' },
       h('span', { class: 'health-value' }, String(o.dead_jobs_total ?? '—')),
-      h('span', { class: 'health-label' }, 'dead jobs (all time)')));
+      h('span', { class: 'health-label' }, 'dead jobs (all time)'))),
+    h('p', { class: ['small', 'queue-status', lagging ? 'tone-warn' : null] }, status));
 }
 
 // Bars for each minute of the window (minutes without events are empty), newest on the right.
@@ -820,10 +832,17 @@ function jobBlock(job, detail) {
       badge(job.status),
       h('a', { href: '#/jobs/' + job.id, class: 'mono' }, `Job #${job.id}`),
       h('span', null, h('code', null, job.kind), ' from ', h('strong', null, job.rule)),
+      replayRun(job) ? h('span', { class: 'badge tone-violet', title: `Queued by the replay run ${replayRun(job)}`, 'data-replayed': 'true' }, 'replay') : null,
       h('span', { class: 'muted small job-meta' }, plural(job.attempts, 'attempt'), ' · created ', time(job.created_at))),
     job.note ? h('p', { class: 'small muted' }, job.note) : null,
     attempts && attempts.length ? attemptsTable(attempts) : null,
     detail instanceof Error ? h('p', { class: 'small bad' }, 'Attempts could not be read: ' + detail.message) : null);
+}
+
+// The replay run that queued a job (its key ends with the run id), or null.
+function replayRun(job) {
+  const m = /(replay-\d+)$/.exec(job.idempotency_key || '');
+  return m ? m[1] : null;
 }
 
 function attemptsTable(attempts) {
@@ -1205,7 +1224,7 @@ function whatIfReport(rep) {
   return h('div', { class: 'page', 'data-what-if': rep.candidate_version },
     h('p', { class: 'muted small what-if-meta' },
       'Candidate ', h('code', null, rep.rules_dir), ' (version ', h('code', { title: rep.candidate_version }, shortHash(rep.candidate_version)),
-      ') · events received ', time(rep.since), ' to ', time(rep.until)),
+      ') · events received from ', time(rep.since, { day: true }), ' to ', time(rep.until, { day: true })),
     rep.truncated ? h('div', { class: 'banner tone-warn' }, h('strong', null, 'Only the newest events were compared'),
       h('span', null, 'The event limit cut the range short. Raise “Most events” or narrow the range to compare them all.')) : null,
     h('div', { class: 'stats stats-3' },
@@ -1282,9 +1301,9 @@ async function renderMutes(ctx) {
 
   const list = mutes.length ? table([
     { label: 'Mute', cls: 'nowrap', cell: (m) => h('span', { class: 'mono' }, '#' + m.id) },
-    { label: 'Silences', cell: (m) => [badge(m.scope), ' ', m.scope === 'phone' ? h('a', { href: hashWith('/events', new URLSearchParams({ phone: m.value })), class: 'mono' }, m.value) : h('strong', null, m.value)] },
+    { label: 'Silences', cell: (m) => h('span', null, badge(m.scope), ' ', m.scope === 'phone' ? h('a', { href: hashWith('/events', new URLSearchParams({ phone: m.value })), class: 'mono' }, m.value) : h('strong', null, m.value)) },
     { label: 'State', cell: (m) => badge(muteState(m)) },
-    { label: 'Until', cls: 'nowrap', cell: (m) => m.lifted_at ? [h('span', { class: 'muted' }, 'lifted '), time(m.lifted_at)] : [time(m.until), h('span', { class: 'muted small' }, ' (', time(m.until, { rel: true }), ')')] },
+    { label: 'Until', cls: 'nowrap', cell: (m) => m.lifted_at ? h('span', null, h('span', { class: 'muted' }, 'lifted '), time(m.lifted_at)) : h('span', null, time(m.until), h('span', { class: 'muted small' }, ' (', time(m.until, { rel: true }), ')')) },
     { label: 'Reason', cls: 'note', cell: (m) => m.reason },
     { label: 'Since', cls: 'nowrap', cell: (m) => time(m.created_at) },
     { label: '', cls: 'actions-cell', cell: (m) => muteState(m) === 'in force'
