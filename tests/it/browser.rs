@@ -1,6 +1,8 @@
 //! The dashboard end to end in a real browser: the service runs in-process with data behind every
 //! page (an hour of call history, callback tasks, a webhook job that went dead), then
-//! `tests/browser/console.mjs` drives headless Chromium through it with playwright-core.
+//! `tests/browser/console.mjs` drives headless Chromium through it with playwright-core. The test
+//! also hands the script a candidate rules directory for what-if, and records a second instance
+//! with another rule set when the script asks for one.
 //!
 //! Needs Debian's `chromium` and `npm ci` in `tests/browser`; `scripts/test` provisions both. This
 //! test fails (never skips) when they are missing.
