@@ -1,6 +1,8 @@
 //! The dashboard end to end in a real browser: the service runs in-process with data behind every
 //! page (an hour of call history, callback tasks, a webhook job that went dead), then
-//! `tests/browser/console.mjs` drives headless Chromium through it with playwright-core.
+//! `tests/browser/console.mjs` drives headless Chromium through it with playwright-core. The test
+//! also hands the script a candidate rules directory for what-if, and records a second instance
+//! with another rule set when the script asks for one.
 //!
 //! Needs Debian's `chromium` and `npm ci` in `tests/browser`; `scripts/test` provisions both. This
 //! test fails (never skips) when they are missing.
@@ -88,6 +90,44 @@ fn starter_rules(root: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// A candidate rules directory for what-if: the starter rules, with `agent-missed-call` narrowed
+/// to rejected calls only, so the stored calls an agent did not answer stop matching it.
+fn candidate_rules(root: &Path) -> tempfile::TempDir {
+    let dir = starter_rules(root);
+    let path = dir.path().join("agent-missed.rhai");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let narrowed = text.replace(
+        r#"ev.outcome == "agent_no_answer" || ev.outcome == "agent_rejected""#,
+        r#"ev.outcome == "agent_rejected""#,
+    );
+    assert_ne!(
+        text, narrowed,
+        "agent-missed.rhai no longer has the condition the test narrows"
+    );
+    std::fs::write(&path, narrowed).unwrap();
+    dir
+}
+
+/// Records a second, made-up instance that runs another rule set, in the service's database (as
+/// another process sharing it would), so that the dashboard shows the disagreement.
+async fn second_instance(database: &str) {
+    let store = switchboard::store::open(database).await.unwrap();
+    let now = switchboard::store::now_millis();
+    store
+        .heartbeat(&switchboard::store::InstanceInfo {
+            id: "sb-other-test".into(),
+            started_at: now - 3_600_000,
+            seen_at: now,
+            ruleset_version: "0ther0ru1e5e7000000000000000000000000000".into(),
+            rules_dir: "/srv/switchboard/rules-old".into(),
+            listen: "10.0.0.2:8080".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await
+        .unwrap();
+    store.close().await;
+}
+
 /// An hour of call history, stored with past receive times so that the overview has a shape:
 /// answered calls, abandoned ones (callback tasks, some overdue), missed and outbound calls.
 fn history(now_ms: i64) -> Vec<NewEvent> {
@@ -167,6 +207,7 @@ async fn dashboard_in_chromium() {
     let (hook_url, hits) = flaky_receiver().await;
     let rules = starter_rules(root);
     let rules_dir = rules.path().to_path_buf();
+    let candidate = candidate_rules(root);
     let server = TestServer::start_with(|config| {
         config.rules_dir = rules_dir.clone();
         config.allow_private_targets = true;
@@ -238,6 +279,18 @@ async fn dashboard_in_chromium() {
         },
     )
     .await;
+    // And their jobs run (a later answered call closes an earlier task: the queue must be final
+    // before the browser looks at it).
+    eventually(Duration::from_secs(30), "every job to settle", || async {
+        for status in ["pending", "retrying"] {
+            let (_, page) = server.admin_get(&format!("/v1/jobs?status={status}")).await;
+            if !page["jobs"].as_array()?.is_empty() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
 
     let artifacts = root.join("target/browser-artifacts");
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -249,6 +302,7 @@ async fn dashboard_in_chromium() {
         .arg(server.url("/"))
         .arg(ADMIN_TOKEN)
         .arg(rules.path())
+        .arg(candidate.path())
         .arg(&artifacts)
         .env("CHROMIUM_PATH", chromium_path())
         .current_dir(root)
@@ -257,10 +311,19 @@ async fn dashboard_in_chromium() {
         .stderr(log)
         .spawn()
         .expect("node starts");
+    // The script asks for a second instance (by creating a file) once it has checked that this
+    // one is alone and agrees with itself.
+    let want_second = artifacts.join("second-instance.request");
+    let mut second_recorded = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let exit = loop {
         if let Some(exit) = child.try_wait().unwrap() {
             break Some(exit);
+        }
+        if !second_recorded && want_second.exists() {
+            second_instance(&server.database).await;
+            std::fs::write(artifacts.join("second-instance.ready"), b"").unwrap();
+            second_recorded = true;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
@@ -293,6 +356,24 @@ async fn dashboard_in_chromium() {
     assert_eq!(
         done[0]["outcome"], "Called back: rebooked for Friday",
         "{done}"
+    );
+    // The mute added in the browser was lifted there.
+    let (_, mutes) = server.admin_get("/v1/mutes?all=true").await;
+    let mute = &mutes["mutes"][0];
+    assert_eq!(mute["value"], "vip-missed", "{mutes}");
+    assert!(
+        mute["lifted_at"].is_i64(),
+        "the mute was not lifted: {mutes}"
+    );
+    let (_, active) = server.admin_get("/v1/mutes").await;
+    assert_eq!(
+        active["mutes"].as_array().map(Vec::len),
+        Some(0),
+        "{active}"
+    );
+    assert!(
+        second_recorded,
+        "the script never asked for the second instance"
     );
     server.stop().await;
 }

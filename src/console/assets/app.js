@@ -1,5 +1,6 @@
 // Switchboard operator dashboard: a small single-page app over the admin JSON API.
-// Hash routes (#/, #/events, #/events/ID, #/jobs, #/jobs/ID, #/tasks, #/rules, #/login).
+// Hash routes (#/, #/events, #/events/ID, #/jobs, #/jobs/ID, #/tasks, #/rules, #/rules/what-if,
+// #/mutes, #/login).
 // Every value from the API reaches the page as a text node or an attribute value set through the
 // DOM (never as HTML), so nothing the server stores can run as markup.
 'use strict';
@@ -22,7 +23,7 @@ const OUTCOMES = [
   ['no_queue_selected', 'No queue selected'],
 ];
 const OUTCOME_LABEL = Object.fromEntries(OUTCOMES);
-const JOB_STATUSES = ['dead', 'retrying', 'pending', 'done', 'suppressed', 'cancelled'];
+const JOB_STATUSES = ['dead', 'retrying', 'pending', 'done', 'suppressed', 'muted', 'cancelled'];
 const TASK_STATUSES = ['open', 'claimed', 'done', 'cancelled'];
 const BADGE_TONE = {
   ok: 'good', active: 'good', done: 'good', processed: 'good', matched: 'good', success: 'good',
@@ -30,6 +31,8 @@ const BADGE_TONE = {
   retrying: 'warn', transient: 'warn', throttled: 'warn', processing: 'info',
   pending: 'info', open: 'info', claimed: 'violet',
   suppressed: 'muted', muted: 'muted', cancelled: 'muted', disabled: 'muted', 'not matched': 'muted',
+  newly_matches: 'info', stops_matching: 'warn', actions_change: 'violet',
+  'in force': 'warn', lifted: 'muted', expired: 'muted', rule: 'violet', phone: 'info',
 };
 
 const state = {
@@ -39,6 +42,10 @@ const state = {
   seq: 0,
   timer: null,
   ruleNames: null,
+  // The what-if form and its last report, kept while the operator moves between pages.
+  whatIf: { form: { rules_dir: '', since: '7d', until: '', limit: '', examples: '3' }, report: null, error: null, running: false },
+  // The last replay of an event from its trace: { eventId, result }.
+  replay: null,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -138,18 +145,20 @@ function relative(d) {
   return fmtRelative.format(Math.round(seconds / 86400), 'day');
 }
 
-function time(value, { rel = false } = {}) {
+function time(value, { rel = false, day = false } = {}) {
   const d = toDate(value);
   if (!d) return h('span', { class: 'muted' }, '—');
-  return h('time', { datetime: d.toISOString(), title: `${fmtFull.format(d)} (${relative(d)})` },
-    rel ? relative(d) : formatLocal(d));
+  const text = rel ? relative(d) : day ? `${fmtDay.format(d)}, ${fmtTime.format(d)}` : formatLocal(d);
+  return h('time', { datetime: d.toISOString(), title: `${fmtFull.format(d)} (${relative(d)})` }, text);
 }
 
 function duration(ms) {
   if (ms === null || ms === undefined) return '—';
   if (ms < 1000) return `${ms} ms`;
   if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
-  return `${Math.round(ms / 60000)} min`;
+  if (ms < 2 * 3600000) return `${Math.round(ms / 60000)} min`;
+  if (ms < 2 * 86400000) return `${Math.round(ms / 3600000)} h`;
+  return `${Math.round(ms / 86400000)} days`;
 }
 
 function datetimeLocalToMs(value) {
@@ -169,10 +178,12 @@ function msToDatetimeLocal(ms) {
 // API
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, data) {
     super(message);
     this.status = status;
     this.code = code;
+    // The whole JSON error body (`parameter` names the bad field of a 400).
+    this.data = data || {};
   }
 }
 
@@ -194,7 +205,7 @@ async function request(path, token, { method = 'GET', body } = {}) {
   try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
   if (!response.ok) {
     const message = (data && data.message) || `The server answered ${response.status} ${response.statusText}`.trim();
-    throw new ApiError(response.status, (data && data.error) || 'http_' + response.status, message);
+    throw new ApiError(response.status, (data && data.error) || 'http_' + response.status, message, data);
   }
   return data;
 }
@@ -329,6 +340,8 @@ const ROUTES = [
   [/^\/jobs\/(\d+)$/, 'jobs', renderJob],
   [/^\/tasks$/, 'tasks', renderTasks],
   [/^\/rules$/, 'rules', renderRules],
+  [/^\/rules\/what-if$/, 'rules', renderWhatIf],
+  [/^\/mutes$/, 'mutes', renderMutes],
   [/^\/login$/, 'login', renderLogin],
 ];
 
@@ -350,6 +363,7 @@ async function route({ quiet = false } = {}) {
     const active = a.dataset.section === section;
     a.classList.toggle('active', active);
     if (active) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+    if (active) keepInView($('#nav'), a);
   }
   const main = $('#main');
   if (!quiet) {
@@ -376,6 +390,13 @@ async function route({ quiet = false } = {}) {
     if (e.handled || !ctx.current()) return;
     ctx.mount(h('div', { class: 'page' }, errorPanel(e, () => route())));
   }
+}
+
+// On a phone the nav scrolls sideways: show the current page's link.
+function keepInView(nav, link) {
+  const box = nav.getBoundingClientRect();
+  const at = link.getBoundingClientRect();
+  if (at.left < box.left || at.right > box.right) nav.scrollLeft += at.left - box.left - 8;
 }
 
 function renderNotFound(ctx) {
@@ -440,7 +461,7 @@ function renderLogin(ctx) {
 // Overview
 
 async function renderOverview(ctx) {
-  const o = await api('/v1/overview?minutes=60');
+  const [o, inst] = await Promise.all([api('/v1/overview?minutes=60'), instances()]);
   const jobs = o.jobs || {};
   const failing = (jobs.dead || 0) + (jobs.retrying || 0);
   const matchedShare = o.events ? Math.round((o.matched_events / o.events) * 100) : 0;
@@ -459,14 +480,15 @@ async function renderOverview(ctx) {
       `${plural(o.rule_errors, 'evaluation error')} · ${plural(rules.broken || 0, 'broken file')}`,
       o.rule_errors || rules.broken ? 'bad' : 'good', '#/rules', 'rule-errors'));
 
-  // `muted` (a mute held the job back) is counted but cannot be listed by status.
-  const shown = JOB_STATUSES.concat(jobs.muted ? ['muted'] : []);
+  // `muted` (a mute held the job back) shows only when there are such jobs.
+  const shown = JOB_STATUSES.filter((st) => st !== 'muted' || jobs.muted);
   const jobRow = h('div', { class: 'job-counts' }, shown.map((st) =>
-    h(JOB_STATUSES.includes(st) ? 'a' : 'div', { class: 'job-count', href: JOB_STATUSES.includes(st) ? '#/jobs?status=' + st : null },
+    h('a', { class: 'job-count', href: '#/jobs?status=' + st, 'data-count': st },
       badge(st), h('span', { class: 'job-count-n' }, String(jobs[st] || 0)))));
 
   const view = h('div', { class: 'page' },
     pageHead('Overview', [`Last ${o.minutes} minutes · updated `, time(o.now)], refreshButton()),
+    instancesBanner(inst),
     stats,
     h('div', { class: 'grid-2' },
       card('Events per minute', chart(o), { cls: 'span-2', extra: h('span', { class: 'muted small' }, `${o.events} in ${o.minutes} min`) }),
@@ -475,9 +497,70 @@ async function renderOverview(ctx) {
         ['Rule files', String(rules.count ?? '—')],
         ['Broken files', rules.broken ? badge('error', String(rules.broken)) : badge('ok', 'none')],
         ['Version', h('code', { title: rules.version || '' }, shortHash(rules.version))],
-      ]), { extra: h('a', { href: '#/rules', class: 'small' }, 'Rule status →') })));
+      ]), { extra: h('a', { href: '#/rules', class: 'small' }, 'Rule status →') }),
+      card('Delivery queue', queueHealth(o), { extra: h('a', { href: '#/jobs?status=dead', class: 'small' }, 'Dead jobs →') }),
+      card('Instances', instancesList(inst), {
+        extra: inst instanceof Error ? null : h('span', { class: 'muted small' }, plural(inst.instances.length, 'running instance')),
+      })));
   ctx.mount(view);
   ctx.refreshIn(15000);
+}
+
+// `GET /v1/instances`, or the error (the pages that show it still render without it).
+async function instances() {
+  try {
+    return await api('/v1/instances');
+  } catch (e) {
+    if (e.handled) throw e;
+    return e;
+  }
+}
+
+// A warning when running instances evaluate with different rule sets, naming who runs what.
+function instancesBanner(inst) {
+  if (!inst || inst instanceof Error || inst.agree) return null;
+  const versions = Object.entries(inst.ruleset_versions || {});
+  return h('div', { class: 'banner tone-bad', role: 'alert', id: 'instances-disagree' },
+    h('strong', null, 'Instances run different rule sets'),
+    h('span', null, `Events are evaluated differently depending on which instance picks them up. Make every instance load the same rules directory.`),
+    h('ul', null, versions.map(([version, ids]) => h('li', null,
+      h('code', { title: version }, shortHash(version)), ': ',
+      ids.map((id, i) => [i ? ', ' : '', h('span', { class: 'mono' }, id), id === inst.this_instance ? ' (this one)' : ''])))));
+}
+
+function instancesList(inst) {
+  if (inst instanceof Error) return h('p', { class: 'small bad' }, 'Instances could not be read: ' + inst.message);
+  if (!inst.instances.length) return empty('No instance has reported yet', 'Instances report every 5 seconds.');
+  return h('ul', { class: 'instances' }, inst.instances.map((i) => h('li', { class: 'instance', 'data-instance': i.id },
+    h('div', { class: 'instance-head' },
+      h('strong', { class: 'mono' }, i.id),
+      i.id === inst.this_instance ? h('span', { class: 'badge tone-info' }, 'this instance') : null),
+    h('div', { class: 'instance-meta small' },
+      h('span', null, 'listens on ', h('code', null, i.listen || '—')),
+      h('span', { class: inst.agree ? null : 'version-differs', title: inst.agree ? null : 'Not every instance runs this rule set' },
+        'rules ', h('code', { title: i.ruleset_version }, shortHash(i.ruleset_version))),
+      i.version ? h('span', null, 'v' + i.version) : null,
+      h('span', { class: 'muted' }, 'started ', time(i.started_at, { rel: true }), ' · seen ', time(i.seen_at, { rel: true }))))));
+}
+
+// How far behind delivery is: jobs due now, how long the oldest has waited, dead jobs overall.
+function queueHealth(o) {
+  const age = o.oldest_due_age_ms;
+  const lagging = age !== null && age !== undefined && age > 60000;
+  const status = !o.due_jobs ? 'Nothing is waiting: delivery keeps up.'
+    : lagging ? `Delivery is behind: the oldest due job has waited ${duration(age)}.`
+      : `${plural(o.due_jobs, 'job')} due; the workers are on it.`;
+  return h('div', null, h('div', { class: 'queue-health' },
+    h('div', { class: ['health', o.due_jobs ? (lagging ? 'tone-warn' : 'tone-info') : 'tone-good'], 'data-health': 'due' },
+      h('span', { class: 'health-value' }, String(o.due_jobs ?? '—')),
+      h('span', { class: 'health-label' }, 'jobs due now')),
+    h('div', { class: ['health', lagging ? 'tone-warn' : 'tone-good'], 'data-health': 'oldest' },
+      h('span', { class: 'health-value' }, age === null || age === undefined ? '—' : duration(age)),
+      h('span', { class: 'health-label' }, 'oldest due job waiting')),
+    h('a', { class: ['health', o.dead_jobs_total ? 'tone-bad' : 'tone-good'], href: '#/jobs?status=dead', 'data-health': 'dead' },
+      h('span', { class: 'health-value' }, String(o.dead_jobs_total ?? '—')),
+      h('span', { class: 'health-label' }, 'dead jobs (all time)'))),
+    h('p', { class: ['small', 'queue-status', lagging ? 'tone-warn' : null] }, status));
 }
 
 // Bars for each minute of the window (minutes without events are empty), newest on the right.
@@ -633,9 +716,12 @@ async function renderEvent(ctx) {
     ['Dedupe key', h('code', { title: ev.dedupe_key }, shortHash(ev.dedupe_key))],
   ]);
 
+  const replay = replayControls(ev.id);
   const view = h('div', { class: 'page' },
     h('a', { href: '#/events', class: 'back' }, '← Events'),
-    pageHead(`Event #${ev.id}`, [badge(ev.state), ' ', outcomeBadge(e.outcome), ' received ', time(ev.received_at), ' (', time(ev.received_at, { rel: true }), ')'], refreshButton()),
+    pageHead(`Event #${ev.id}`, [badge(ev.state), ' ', outcomeBadge(e.outcome), ' received ', time(ev.received_at), ' (', time(ev.received_at, { rel: true }), ')'],
+      replay.buttons, refreshButton()),
+    replay.area,
     h('div', { class: 'grid-2' },
       card('Call', summary),
       card('Rule verdicts', verdicts(ev, record, jobs), {
@@ -654,6 +740,61 @@ async function renderEvent(ctx) {
     card('Raw push', rawBody(ev.raw_body)));
   ctx.mount(view);
   if (ev.state !== 'processed' || jobs.some((j) => j.status === 'pending' || j.status === 'retrying')) ctx.refreshIn(3000);
+}
+
+// Replay this event against the rules running now: a dry run reports what they would do; a real
+// run (after a confirm step) queues their actions as new jobs, which then show in the trace.
+function replayControls(id) {
+  const area = h('div', { class: 'replay-area', id: 'replay-area' });
+  const paint = (confirmForm) => {
+    const last = state.replay && state.replay.eventId === id ? state.replay.result : null;
+    area.replaceChildren(...[confirmForm, last ? replayResult(last, () => { state.replay = null; paint(); }) : null].filter(Boolean));
+  };
+  const run = async (button, dryRun) => {
+    const result = await act(button, () => api(`/v1/events/${id}/replay`, { method: 'POST', body: { dry_run: dryRun } }),
+      dryRun ? null : (r) => `Event #${id} replayed: ${plural(r.queued, 'job')} queued`);
+    if (!result) return;
+    state.replay = { eventId: id, result };
+    paint();
+    if (!dryRun) route({ quiet: true });
+  };
+  const dry = h('button', { type: 'button', class: 'btn', 'data-action': 'dry-run', title: 'Evaluate this event against the current rules; nothing is queued',
+    onclick: (ev) => run(ev.currentTarget, true) }, 'Dry run against current rules');
+  const real = h('button', { type: 'button', class: 'btn btn-danger-ghost', 'data-action': 'replay',
+    onclick: () => {
+      const yes = h('button', { type: 'button', class: 'btn btn-danger btn-small', 'data-action': 'confirm-replay' }, 'Replay for real');
+      const form = h('div', { class: 'inline-form confirm', role: 'alertdialog', 'aria-label': 'Confirm the replay' },
+        h('p', null, h('strong', null, `Replay event #${id} for real?`), ' The rules running now evaluate it again and every action they ask for is queued as a new job: emails are sent and webhooks posted again, callback tasks opened again. Run a dry run first to see what that would be.'),
+        h('div', { class: 'actions' }, yes,
+          h('button', { type: 'button', class: 'btn btn-ghost btn-small', onclick: () => paint() }, 'Cancel')));
+      yes.addEventListener('click', async () => {
+        await run(yes, false);
+        if (form.isConnected) paint();
+      });
+      paint(form);
+      yes.focus();
+    } }, 'Replay for real…');
+  paint();
+  return { buttons: [dry, real], area };
+}
+
+function replayResult(r, close) {
+  const evaluation = r.evaluation || {};
+  const verdicts = evaluation.verdicts || [];
+  const matched = verdicts.filter((v) => v.matched);
+  const failed = verdicts.filter((v) => v.error);
+  const actions = r.actions || [];
+  return card(r.dry_run ? 'Dry run against the current rules' : 'Replayed for real', h('div', { class: 'replay-result', 'data-replay': r.dry_run ? 'dry-run' : 'real' },
+    r.dry_run ? h('p', { class: 'muted small' }, 'Nothing was queued: this is what the rules running now would do with this event.')
+      : h('p', { class: 'notice tone-good', 'data-queued': r.queued }, `Run `, h('code', null, r.run || '—'), ` queued ${plural(r.queued, 'job')}; they appear under Jobs below.`),
+    dl([
+      ['Matched rules', matched.length ? h('span', { class: 'chips' }, matched.map((v) => h('span', { class: 'chip chip-good', 'data-matched': v.rule }, v.rule))) : h('span', { class: 'muted' }, 'none')],
+      failed.length ? ['Failed', h('ul', { class: 'action-list' }, failed.map((v) => h('li', null, h('strong', null, v.rule), ': ', h('span', { class: 'bad' }, v.error))))] : null,
+      ['Actions', actions.length ? h('ul', { class: 'action-list' }, actions.map((a) => h('li', { title: JSON.stringify(a.action, null, 2) },
+        h('code', null, a.kind), actionTarget(Object.assign({ kind: a.kind }, a.action || {})) ? [' ', h('span', { class: 'muted' }, actionTarget(Object.assign({ kind: a.kind }, a.action || {})))] : null,
+        h('span', { class: 'muted' }, ' from '), a.rule))) : h('span', { class: 'muted' }, 'none')],
+      ['Evaluated', [`${plural(evaluation.evaluated || 0, 'rule')} of version `, h('code', { title: evaluation.ruleset_version }, shortHash(evaluation.ruleset_version)), ` in ${evaluation.elapsed_us ?? '?'} µs`]],
+    ])), { cls: 'card-replay', extra: h('button', { type: 'button', class: 'btn btn-ghost btn-small', onclick: close }, 'Close') });
 }
 
 function verdicts(ev, record, jobs) {
@@ -691,10 +832,17 @@ function jobBlock(job, detail) {
       badge(job.status),
       h('a', { href: '#/jobs/' + job.id, class: 'mono' }, `Job #${job.id}`),
       h('span', null, h('code', null, job.kind), ' from ', h('strong', null, job.rule)),
+      replayRun(job) ? h('span', { class: 'badge tone-violet', title: `Queued by the replay run ${replayRun(job)}`, 'data-replayed': 'true' }, 'replay') : null,
       h('span', { class: 'muted small job-meta' }, plural(job.attempts, 'attempt'), ' · created ', time(job.created_at))),
     job.note ? h('p', { class: 'small muted' }, job.note) : null,
     attempts && attempts.length ? attemptsTable(attempts) : null,
     detail instanceof Error ? h('p', { class: 'small bad' }, 'Attempts could not be read: ' + detail.message) : null);
+}
+
+// The replay run that queued a job (its key ends with the run id), or null.
+function replayRun(job) {
+  const m = /(replay-\d+)$/.exec(job.idempotency_key || '');
+  return m ? m[1] : null;
 }
 
 function attemptsTable(attempts) {
@@ -909,16 +1057,33 @@ function taskCard(t) {
 // ---------------------------------------------------------------------------------------------
 // Rules
 
+function rulesTabs(current) {
+  return tabs(current, [['status', 'Status', '#/rules'], ['what-if', 'What if…', '#/rules/what-if']]);
+}
+
+// Mutes in force, or an empty list when they cannot be read (the rules still show).
+async function activeMutes() {
+  try {
+    return (await api('/v1/mutes')).mutes;
+  } catch (e) {
+    if (e.handled) throw e;
+    return [];
+  }
+}
+
 async function renderRules(ctx) {
-  const r = await api('/v1/rules');
+  const [r, inst, mutes] = await Promise.all([api('/v1/rules'), instances(), activeMutes()]);
   state.ruleNames = r.rules.map((x) => x.name);
+  const mutedUntil = new Map(mutes.filter((m) => m.scope === 'rule').map((m) => [m.value, m.until]));
   const broken = r.rules.filter((x) => x.status === 'error');
   const rows = r.rules.map((rule) => h('article', { class: ['rule', 'rule-' + rule.status], 'data-rule': rule.file },
     h('div', { class: 'rule-head' },
       badge(rule.status === 'active' ? 'ok' : rule.status, rule.status === 'active' ? 'ok' : rule.status),
       h('strong', { class: 'rule-name' }, rule.name),
       h('code', { class: 'muted small' }, rule.file),
-      rule.priority !== null && rule.priority !== undefined ? h('span', { class: 'badge tone-muted', title: 'Lower runs first' }, `priority ${rule.priority}`) : null),
+      rule.priority !== null && rule.priority !== undefined ? h('span', { class: 'badge tone-muted', title: 'Lower runs first' }, `priority ${rule.priority}`) : null,
+      mutedUntil.has(rule.name) ? h('a', { class: 'badge tone-warn', href: '#/mutes', title: 'Its actions are recorded as muted jobs, not run' },
+        `muted until ${formatLocal(toDate(mutedUntil.get(rule.name)))}`) : null),
     rule.description ? h('p', { class: 'rule-desc' }, rule.description) : null,
     rule.error ? h('div', { class: 'rule-problem', role: 'alert' },
       h('code', { class: 'rule-error-where' }, `${rule.error.file}:${rule.error.line}:${rule.error.column}`),
@@ -931,11 +1096,295 @@ async function renderRules(ctx) {
       rule.loaded_at ? h('span', { class: 'muted' }, 'loaded ', time(rule.loaded_at)) : null)));
   ctx.mount(h('div', { class: 'page' },
     pageHead('Rules', ['Directory ', h('code', null, r.dir), ` · ${plural(r.reloads, 'reload')}`], refreshButton()),
+    instancesBanner(inst),
+    rulesTabs('status'),
     h('div', { class: ['summary-bar', broken.length ? 'tone-bad' : 'tone-good'] },
       broken.length ? `${plural(broken.length, 'rule file')} ${broken.length === 1 ? 'does' : 'do'} not compile` : 'All rule files compile',
       h('span', { class: 'muted small' }, ' · version ', h('code', { title: r.version }, shortHash(r.version)))),
     r.rules.length ? h('div', { class: 'rules' }, rows) : empty('No rule files', 'Add .rhai files to the rules directory; they load within a second.')));
   ctx.refreshIn(3000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What if: a candidate rules directory (on the server) against the stored events of a time range
+
+const WHAT_IF_FIELDS = ['rules_dir', 'since', 'until', 'limit', 'examples'];
+const CHANGE_LABEL = { newly_matches: 'newly matches', stops_matching: 'no longer matches', actions_change: 'actions change' };
+
+async function renderWhatIf(ctx) {
+  const [r, inst] = await Promise.all([api('/v1/rules'), instances()]);
+  state.ruleNames = r.rules.map((x) => x.name);
+  const w = state.whatIf;
+  const field = (name, label, control, hint) => h('label', { class: 'field', 'data-field': name },
+    h('span', null, label), control,
+    hint ? h('small', { class: 'hint' }, hint) : null,
+    h('small', { class: 'field-error', role: 'alert', hidden: true }));
+  const form = h('form', { class: 'what-if-form', novalidate: true },
+    field('rules_dir', 'Candidate rules directory',
+      h('input', { name: 'rules_dir', required: true, value: w.form.rules_dir, spellcheck: 'false', autocomplete: 'off', placeholder: `e.g. ${r.dir}-candidate` }),
+      'A directory on the server, such as a checkout of the change under review.'),
+    field('since', 'Since',
+      h('input', { name: 'since', required: true, value: w.form.since, spellcheck: 'false', placeholder: '7d' }),
+      'A duration back from now (7d, 12h) or a time.'),
+    field('until', 'Until (optional)',
+      h('input', { name: 'until', type: 'datetime-local', value: w.form.until }),
+      'Empty: up to now.'),
+    field('limit', 'Most events',
+      h('input', { name: 'limit', type: 'number', min: 1, max: 100000, value: w.form.limit, placeholder: '10000', inputmode: 'numeric' })),
+    field('examples', 'Examples per change',
+      h('input', { name: 'examples', type: 'number', min: 0, max: 20, value: w.form.examples, inputmode: 'numeric' })),
+    h('div', { class: 'filter-actions' },
+      h('button', { type: 'submit', class: 'btn btn-primary', 'data-action': 'what-if' }, 'Compare with stored events')));
+  const formError = h('div', { class: 'form-error', role: 'alert', hidden: true });
+  const result = h('div', { class: 'what-if-result', id: 'what-if-result' });
+
+  // Shows the state (running, error, report) in this view while it is on screen.
+  const paint = () => {
+    const button = form.querySelector('button[type=submit]');
+    button.disabled = w.running;
+    button.textContent = w.running ? 'Comparing…' : 'Compare with stored events';
+    const bad = w.error && w.error.data && w.error.data.parameter;
+    for (const name of WHAT_IF_FIELDS) {
+      const wrap = form.querySelector(`[data-field="${name}"]`);
+      const input = wrap.querySelector('input');
+      const message = wrap.querySelector('.field-error');
+      const here = bad === name;
+      input.classList.toggle('invalid', here);
+      if (here) input.setAttribute('aria-invalid', 'true'); else input.removeAttribute('aria-invalid');
+      message.hidden = !here;
+      message.textContent = here ? w.error.message : '';
+    }
+    formError.hidden = !w.error || WHAT_IF_FIELDS.includes(bad);
+    formError.replaceChildren(...(w.error ? [h('strong', null, w.error.status ? `Error ${w.error.status}` : 'Error'), ' ', w.error.message] : []));
+    if (w.running) {
+      result.replaceChildren(h('div', { class: 'loading', 'aria-busy': 'true' }, h('span', { class: 'spinner' }), 'Evaluating the stored events against the candidate rules…'));
+    } else if (w.report) {
+      result.replaceChildren(whatIfReport(w.report));
+    } else {
+      result.replaceChildren(card(null, empty('No comparison yet',
+        'Name a rules directory on the server to see, rule by rule, which stored events it would match differently and which actions it would add or drop. Nothing is written.')));
+    }
+  };
+
+  form.addEventListener('input', () => {
+    const data = new FormData(form);
+    for (const name of WHAT_IF_FIELDS) w.form[name] = String(data.get(name) || '');
+  });
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (w.running) return;
+    const f = w.form;
+    for (const name of WHAT_IF_FIELDS) f[name] = String(new FormData(form).get(name) || '').trim();
+    const local = !f.rules_dir ? ['rules_dir', 'Name the candidate rules directory.']
+      : !f.since ? ['since', 'Give a start: a duration back from now such as 7d, or a time.'] : null;
+    if (local) {
+      w.error = new ApiError(0, 'invalid_parameter', local[1], { parameter: local[0] });
+      paint();
+      form.querySelector(`[name="${local[0]}"]`).focus();
+      return;
+    }
+    const body = { rules_dir: f.rules_dir, since: f.since };
+    if (f.until) body.until = datetimeLocalToMs(f.until);
+    if (f.limit) body.limit = Number(f.limit);
+    if (f.examples) body.examples = Number(f.examples);
+    w.running = true;
+    w.error = null;
+    paint();
+    try {
+      w.report = await api('/v1/what-if', { method: 'POST', body });
+    } catch (e) {
+      if (e.handled) { w.running = false; return; }
+      w.error = e;
+      w.report = null;
+    }
+    w.running = false;
+    paint();
+    if (form.isConnected && w.report) result.scrollIntoView({ block: 'start', behavior: 'smooth' });
+  });
+
+  ctx.mount(h('div', { class: 'page' },
+    pageHead('Rules', ['Directory ', h('code', null, r.dir), ' · running version ', h('code', { title: r.version }, shortHash(r.version))]),
+    instancesBanner(inst),
+    rulesTabs('what-if'),
+    card('What would a candidate rule set change?', [
+      h('p', { class: 'card-intro' }, 'Evaluates the stored events of a time range against the rules in another directory and compares with what they got when they were processed. Counters are read, never written; no job is queued.'),
+      form, formError]),
+    result));
+  paint();
+}
+
+function whatIfReport(rep) {
+  const stat = (label, value, note, tone, id) => h('div', { class: ['stat', tone ? 'tone-' + tone : null], 'data-stat': id },
+    h('span', { class: 'stat-label' }, label),
+    h('span', { class: 'stat-value' }, String(value)),
+    h('span', { class: 'stat-note' }, note));
+  const errors = rep.candidate_errors || [];
+  const changed = rep.changed_rules || [];
+  const unchanged = rep.unchanged_rules || [];
+  return h('div', { class: 'page', 'data-what-if': rep.candidate_version },
+    h('p', { class: 'muted small what-if-meta' },
+      'Candidate ', h('code', null, rep.rules_dir), ' (version ', h('code', { title: rep.candidate_version }, shortHash(rep.candidate_version)),
+      ') · events received from ', time(rep.since, { day: true }), ' to ', time(rep.until, { day: true })),
+    rep.truncated ? h('div', { class: 'banner tone-warn' }, h('strong', null, 'Only the newest events were compared'),
+      h('span', null, 'The event limit cut the range short. Raise “Most events” or narrow the range to compare them all.')) : null,
+    h('div', { class: 'stats stats-3' },
+      stat('Events compared', rep.events_compared, 'with their stored evaluation', 'primary', 'compared'),
+      stat('Changed', rep.events_changed, 'matched rules or actions differ', rep.events_changed ? 'warn' : 'good', 'changed'),
+      stat('Skipped', rep.events_skipped, 'not processed yet, so nothing to compare', null, 'skipped')),
+    errors.length ? card(`Candidate files that do not compile (${errors.length})`, h('div', { class: 'rules' }, errors.map((e) =>
+      h('div', { class: 'rule-problem', role: 'alert' },
+        h('code', { class: 'rule-error-where' }, `${e.file}:${e.line}:${e.column}`),
+        h('span', null, e.message)))), { cls: 'card-bad', extra: h('span', { class: 'muted small' }, 'left out of the comparison') }) : null,
+    card(`Rules that change (${changed.length})`, changed.length ? h('div', { class: 'rules' }, changed.map(ruleChange))
+      : empty('No rule changes anything', 'Every compared event would match the same rules with the same actions.')),
+    card(`Unchanged rules (${unchanged.length})`, unchanged.length
+      ? h('div', { class: 'chips' }, unchanged.map((name) => h('span', { class: 'chip', 'data-unchanged': name }, name)))
+      : h('p', { class: 'muted small' }, 'None.')));
+}
+
+function ruleChange(c) {
+  const n = (value, label, tone) => h('span', { class: ['delta', value ? 'tone-' + tone : 'zero'] }, h('strong', null, String(value)), ' ', label);
+  return h('article', { class: 'rule what-if-rule', 'data-rule': c.rule },
+    h('div', { class: 'rule-head' },
+      h('strong', { class: 'rule-name' }, c.rule),
+      h('span', { class: 'matched-arrow', title: 'Events it matched when they were processed → events it matches with the candidate rules' },
+        'matched ', h('strong', null, String(c.matched_before)), ' → ', h('strong', null, String(c.matched_after)))),
+    h('div', { class: 'deltas' },
+      n(c.newly_matching, 'newly matching', 'info'),
+      n(c.stops_matching, 'no longer matching', 'warn'),
+      n(c.actions_added, plural(c.actions_added, 'action').replace(/^\d+ /, '') + ' added', 'info'),
+      n(c.actions_removed, plural(c.actions_removed, 'action').replace(/^\d+ /, '') + ' removed', 'warn'),
+      n(c.errors_after, c.errors_after === 1 ? 'failure' : 'failures', 'bad')),
+    (c.examples || []).length ? h('details', { class: 'examples', open: true },
+      h('summary', null, `Example events (${c.examples.length})`),
+      table([
+        { label: 'Event', cls: 'nowrap', cell: (x) => h('a', { href: '#/events/' + x.event_id, class: 'mono', 'data-example': x.event_id }, '#' + x.event_id) },
+        { label: 'Received', cls: 'nowrap', cell: (x) => time(x.received_at) },
+        { label: 'Phone', cls: 'nowrap', cell: (x) => x.customer_phone || h('span', { class: 'muted' }, '—') },
+        { label: 'Outcome', cell: (x) => outcomeBadge(x.outcome) },
+        { label: 'Change', cell: (x) => badge(x.change, CHANGE_LABEL[x.change] || x.change) },
+        { label: 'Actions before', cell: (x) => actionList(x.actions_before) },
+        { label: 'Actions after', cell: (x) => actionList(x.actions_after) },
+      ], c.examples, { onRow: (x) => { location.hash = '#/events/' + x.event_id; } })) : null);
+}
+
+// Actions as the rules render them, one line each: the kind and whom it goes to.
+function actionList(actions) {
+  if (!actions || !actions.length) return h('span', { class: 'muted' }, 'none');
+  return h('ul', { class: 'action-list' }, actions.map((a) => h('li', { title: JSON.stringify(a, null, 2) },
+    h('code', null, a.kind || 'action'), actionTarget(a) ? [' ', h('span', { class: 'muted' }, actionTarget(a))] : null)));
+}
+
+function actionTarget(a) {
+  const to = (v) => (Array.isArray(v) ? v.join(', ') : v);
+  if (a.kind === 'email') return a.to ? 'to ' + to(a.to) : null;
+  if (a.kind === 'webhook') return a.target ? 'to ' + a.target : a.url || null;
+  if (a.kind === 'callback_task' || a.kind === 'close_callback_tasks') return a.phone || null;
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutes: silence a rule or a phone for a while (its actions are recorded as muted jobs, not run)
+
+const MUTE_DURATIONS = [['30m', '30 minutes'], ['1h', '1 hour'], ['2h', '2 hours'], ['4h', '4 hours'], ['8h', '8 hours'], ['1d', '1 day'], ['7d', '7 days']];
+
+function muteState(m) {
+  if (m.lifted_at) return 'lifted';
+  return m.until <= Date.now() ? 'expired' : 'in force';
+}
+
+async function renderMutes(ctx) {
+  const all = ctx.params.get('all') === 'true';
+  const [page, names] = await Promise.all([api('/v1/mutes' + (all ? '?all=true' : '')), ruleNames()]);
+  const mutes = page.mutes || [];
+  const refresh = () => route({ quiet: true });
+
+  const list = mutes.length ? table([
+    { label: 'Mute', cls: 'nowrap', cell: (m) => h('span', { class: 'mono' }, '#' + m.id) },
+    { label: 'Silences', cell: (m) => h('span', null, badge(m.scope), ' ', m.scope === 'phone' ? h('a', { href: hashWith('/events', new URLSearchParams({ phone: m.value })), class: 'mono' }, m.value) : h('strong', null, m.value)) },
+    { label: 'State', cell: (m) => badge(muteState(m)) },
+    { label: 'Until', cls: 'nowrap', cell: (m) => m.lifted_at ? h('span', null, h('span', { class: 'muted' }, 'lifted '), time(m.lifted_at)) : h('span', null, time(m.until), h('span', { class: 'muted small' }, ' (', time(m.until, { rel: true }), ')')) },
+    { label: 'Reason', cls: 'note', cell: (m) => m.reason },
+    { label: 'Since', cls: 'nowrap', cell: (m) => time(m.created_at) },
+    { label: '', cls: 'actions-cell', cell: (m) => muteState(m) === 'in force'
+      ? h('button', {
+        type: 'button', class: 'btn btn-small', 'data-action': 'lift',
+        onclick: (ev) => act(ev.currentTarget, () => api(`/v1/mutes/${m.id}/lift`, { method: 'POST' }),
+          `Mute on ${m.scope} ${m.value} lifted: its actions run again`).then((r) => r && refresh()),
+      }, 'Lift') : h('span', { class: 'muted' }, '—') },
+  ], mutes, { rowClass: (m) => 'mute-' + muteState(m).replace(' ', '-') })
+    : empty(all ? 'No mutes yet' : 'Nothing is muted', 'Every rule runs its actions and every phone gets them.');
+
+  ctx.mount(h('div', { class: 'page' },
+    pageHead('Mutes', 'Silence a rule or a phone for a while: matching actions are recorded as muted jobs instead of running', refreshButton()),
+    card('Add a mute', muteForm(names, refresh)),
+    card(null, [
+      h('div', { class: 'card-toolbar' },
+        h('h2', null, all ? `All mutes (${mutes.length})` : `In force (${mutes.length})`),
+        h('label', { class: 'switch' },
+          h('input', { type: 'checkbox', name: 'all', checked: all, onchange: (ev) => { location.hash = ev.currentTarget.checked ? '#/mutes?all=true' : '#/mutes'; } }),
+          h('span', null, 'Show lifted and expired'))),
+      list], { cls: 'card-flush' }),
+    mutes.some((m) => muteState(m) === 'in force') ? h('p', { class: 'muted small' }, 'Held-back actions are listed under ',
+      h('a', { href: '#/jobs?status=muted' }, 'Jobs → Muted'), '.') : null));
+}
+
+function muteForm(names, after) {
+  const scope = h('select', { name: 'scope' }, h('option', { value: 'rule' }, 'A rule'), h('option', { value: 'phone' }, 'A phone number'));
+  const rulePicker = h('select', { name: 'rule' }, h('option', { value: '' }, 'Choose a rule…'), names.map((n) => h('option', { value: n }, n)));
+  const phone = h('input', { name: 'phone', type: 'tel', inputmode: 'tel', placeholder: 'e.g. 13800138000', autocomplete: 'off', hidden: true });
+  const ends = h('select', { name: 'ends' }, MUTE_DURATIONS.map(([v, label]) => h('option', { value: v, selected: v === '2h' }, 'for ' + label)),
+    h('option', { value: 'until' }, 'until a time…'));
+  const until = h('input', { name: 'until', type: 'datetime-local', hidden: true });
+  const reason = h('input', { name: 'reason', required: true, maxlength: 500, placeholder: 'Why? e.g. the CRM endpoint is down for maintenance' });
+  const error = h('p', { class: 'form-error', role: 'alert', hidden: true });
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-action': 'mute' }, 'Mute');
+  const sync = () => {
+    rulePicker.hidden = scope.value !== 'rule';
+    phone.hidden = scope.value !== 'phone';
+    until.hidden = ends.value !== 'until';
+  };
+  scope.addEventListener('change', sync);
+  ends.addEventListener('change', () => { sync(); if (!until.hidden) until.focus(); });
+  const field = (label, ...controls) => h('label', { class: 'field' }, h('span', null, label), controls);
+  const form = h('form', { class: 'mute-form', novalidate: true },
+    field('Silence', scope),
+    h('div', { class: 'field' }, h('span', null, 'Which'), rulePicker, phone),
+    h('div', { class: 'field' }, h('span', null, 'How long'), ends, until),
+    h('label', { class: 'field field-wide' }, h('span', null, 'Reason (recorded on every muted action)'), reason),
+    h('div', { class: 'filter-actions' }, submit),
+    error);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const show = (message, control) => {
+      error.textContent = message;
+      error.hidden = false;
+      if (control) control.focus();
+    };
+    const value = scope.value === 'rule' ? rulePicker.value : phone.value.trim();
+    if (!value) return show(scope.value === 'rule' ? 'Choose the rule to mute.' : 'Enter the phone number to mute.', scope.value === 'rule' ? rulePicker : phone);
+    const body = { scope: scope.value, value, reason: reason.value.trim() };
+    if (ends.value === 'until') {
+      if (!until.value) return show('Choose when the mute ends.', until);
+      body.until = datetimeLocalToMs(until.value);
+    } else {
+      body.for = ends.value;
+    }
+    if (!body.reason) return show('Say why: the reason is recorded on every muted action.', reason);
+    error.hidden = true;
+    submit.disabled = true;
+    try {
+      const mute = await api('/v1/mutes', { method: 'POST', body });
+      toast(`${mute.scope === 'rule' ? 'Rule' : 'Phone'} ${mute.value} muted until ${formatLocal(toDate(mute.until))}`);
+      after();
+    } catch (e) {
+      if (!e.handled) show(e.message);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  sync();
+  return form;
 }
 
 // ---------------------------------------------------------------------------------------------
