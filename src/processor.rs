@@ -286,6 +286,27 @@ impl CounterSource for StoreCounters {
     }
 }
 
+/// Counters as they stood when a stored event was first evaluated: the hits of earlier events
+/// up to its time. Replay and what-if use it, so that re-evaluating history counts what the
+/// event saw, not what came after it. Reads block on the runtime: use it from a blocking thread.
+pub struct HistoricCounters {
+    pub store: Arc<dyn Store>,
+    pub runtime: tokio::runtime::Handle,
+    pub event_id: i64,
+    pub at_ms: Millis,
+}
+
+impl CounterSource for HistoricCounters {
+    fn count_since(&self, key: &str, since_ms: i64) -> Result<u64, String> {
+        self.runtime
+            .block_on(
+                self.store
+                    .count_hits_as_of(key, since_ms, self.at_ms, self.event_id),
+            )
+            .map_err(|error| format!("the counter store is unavailable: {error}"))
+    }
+}
+
 /// A processor id unique to this process: pid and start time.
 pub fn owner_id() -> String {
     let started = std::time::SystemTime::now()

@@ -2,7 +2,7 @@
 //! blocking thread) against the running rules (replay) or a candidate rules directory (what-if),
 //! and reports; a real replay queues new jobs under keys that never collide with the first run.
 
-use crate::processor::{StoreCounters, finished};
+use crate::processor::{HistoricCounters, finished};
 use crate::rules::whatif::{Comparison, EventRef, Report};
 use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
 use crate::store::{EventQuery, Millis, Store, StoreError, StoredEvent, now_millis};
@@ -86,8 +86,8 @@ async fn events_between(
     }
 }
 
-/// Evaluates events against `ruleset` on a blocking thread; counters are read from the store as
-/// it is now, and no hit is stored.
+/// Evaluates events against `ruleset` on a blocking thread; windowed counters count what each
+/// event saw when it came in (the hits of earlier events), and no hit is stored.
 async fn evaluate_all(
     store: Arc<dyn Store>,
     ruleset: Arc<RuleSet>,
@@ -95,12 +95,17 @@ async fn evaluate_all(
 ) -> Result<Vec<(StoredEvent, Evaluation)>, ReplayError> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let counters = Arc::new(StoreCounters::new(store, handle));
         events
             .into_iter()
             .map(|event| {
+                let counters = Arc::new(HistoricCounters {
+                    store: store.clone(),
+                    runtime: handle.clone(),
+                    event_id: event.id,
+                    at_ms: event.received_at,
+                });
                 let ctx = EvalContext {
-                    counters: counters.clone(),
+                    counters,
                     at_ms: event.received_at,
                     record_stats: false,
                     prefilter: true,

@@ -28,6 +28,23 @@ macro_rules! impl_store {
                 sql::count_hits!(&self.$r, key, since)
             }
 
+            async fn count_hits_as_of(
+                &self,
+                key: &str,
+                since: Millis,
+                until: Millis,
+                before_event: EventId,
+            ) -> Result<u64, StoreError> {
+                let (count,): (i64,) = sqlx::query_as(sql::COUNT_HITS_AS_OF)
+                    .bind(key)
+                    .bind(since)
+                    .bind(until)
+                    .bind(before_event)
+                    .fetch_one(&self.$r)
+                    .await?;
+                Ok(u64::try_from(count).unwrap_or(0))
+            }
+
             async fn get_evaluation(
                 &self,
                 event_id: EventId,

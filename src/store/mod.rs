@@ -404,6 +404,16 @@ pub trait Store: Send + Sync + 'static {
     /// How many hits `key` has at or after `since` (committed ones only).
     async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError>;
 
+    /// How many hits `key` had as an earlier event saw them: at `since..=until`, made by events
+    /// with ids below `before_event` (replay and what-if re-evaluate history with it).
+    async fn count_hits_as_of(
+        &self,
+        key: &str,
+        since: Millis,
+        until: Millis,
+        before_event: EventId,
+    ) -> Result<u64, StoreError>;
+
     /// The evaluation of a processed event.
     async fn get_evaluation(
         &self,

@@ -197,6 +197,11 @@ pub(super) const COUNT_HITS: &str = "SELECT CAST(\
      (SELECT COALESCE(SUM(hits), 0) FROM counter_buckets WHERE key = $1 AND second > $2) + \
      (SELECT COUNT(*) FROM counter_hits WHERE key = $3 AND at >= $4 AND at < $5) AS BIGINT)";
 
+/// Hits of a key as an earlier event saw them (raw hits: history is re-read rarely). Binds: key,
+/// since, until, the event's id.
+pub(super) const COUNT_HITS_AS_OF: &str = "SELECT COUNT(*) FROM counter_hits \
+     WHERE key = $1 AND at >= $2 AND at <= $3 AND event_id < $4";
+
 /// Runs [`COUNT_HITS`] (the same text and binds on both backends).
 macro_rules! count_hits {
     ($pool:expr, $key:expr, $since:expr) => {{

@@ -316,7 +316,20 @@ async fn replay_dry_and_real_never_collides_with_the_first_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_reports_per_rule_changes_by_api_and_cli() {
-    let (server, _rules) = service().await;
+    let (server, rules) = service().await;
+    // A counting rule, the same in the candidate: re-evaluated history must count what each
+    // event saw then (not the hits that came after it), or it would show as a change.
+    const SPIKE_RULE: &str = "const NAME = \"spike\";\nfn when(ev) { ev.outcome == \"queue_abandoned\" && count_in_window(\"abandoned\", \"1h\") >= 2 }\nfn then(ev) { [] }";
+    std::fs::write(rules.path().join("spike.rhai"), SPIKE_RULE).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the spike rule to load",
+        || async {
+            let (_, view) = server.admin_get("/v1/rules").await;
+            (view["rules"].as_array()?.len() == 3).then_some(())
+        },
+    )
+    .await;
     let mut ids = Vec::new();
     for (n, (result, queue_time)) in [("待機放棄", 30), ("待機放棄", 90), ("オペレーター応答", 0)]
         .into_iter()
@@ -341,6 +354,7 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
         ),
     )
     .unwrap();
+    std::fs::write(candidate.path().join("spike.rhai"), SPIKE_RULE).unwrap();
     std::fs::write(
         candidate.path().join("all.rhai"),
         "const NAME = \"all-calls\";\nfn when(ev) { true }\nfn then(ev) { [] }",
@@ -376,6 +390,13 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
     assert_eq!(abandoned["examples"][0]["event_id"], ids[0], "{abandoned}");
     assert_eq!(rule("answered")["stops_matching"], 1);
     assert_eq!(rule("all-calls")["newly_matching"], 3);
+    assert!(
+        report["unchanged_rules"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("spike")),
+        "{report}"
+    );
 
     let (status, answer) = admin_post(
         &server,
