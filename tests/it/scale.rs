@@ -232,7 +232,7 @@ async fn three_instances_share_one_database_through_a_kill_9() {
 
     // The receiver got every webhook job; an id twice only if it was first seen before the kill.
     let killed_at = killed_at.lock().unwrap().unwrap();
-    let deliveries = deliveries.lock().unwrap();
+    let deliveries = std::mem::take(&mut *deliveries.lock().unwrap());
     assert_eq!(
         deliveries.by_id.len() as i64,
         events,
