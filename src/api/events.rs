@@ -1,8 +1,9 @@
 //! Admin read-back of stored events: `GET /v1/events/{id}` and `GET /v1/events?…`.
 
+use super::work::JobView;
 use super::{ApiError, AppState};
 use crate::event::{CallEvent, Warning, parse_time};
-use crate::store::{EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent, StoredJob};
+use crate::store::{EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -33,9 +34,73 @@ pub struct EventView {
     /// The evaluation record, once processed (only on the single-event view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<StoredEvaluation>,
-    /// The jobs the evaluation produced (only on the single-event view).
+    /// Each rule's verdict on the event (only on the single-event view, once processed).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jobs: Option<Vec<StoredJob>>,
+    pub rules: Option<Vec<RuleOutcome>>,
+    /// The jobs the evaluation (and any replay) produced, each with its attempts (only on the
+    /// single-event view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<JobView>>,
+}
+
+/// What one rule made of an event.
+#[derive(Debug, Serialize)]
+pub struct RuleOutcome {
+    pub rule: String,
+    /// `matched`, `not_matched`, `error`, `throttled` (matched, its actions suppressed by its
+    /// throttle) or `muted` (matched, its actions muted by an operator).
+    pub verdict: &'static str,
+    /// The error, or the throttle's or mute's note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Each rule's verdict from the evaluation record and what became of its jobs (first run only).
+fn rule_outcomes(record: &serde_json::Value, jobs: &[JobView]) -> Vec<RuleOutcome> {
+    let held_back = |rule: &str| {
+        jobs.iter()
+            .map(|j| &j.job)
+            .filter(|j| j.rule == rule && !j.idempotency_key.contains(":replay-"))
+            .find(|j| matches!(j.status.as_str(), "suppressed" | "muted"))
+            .map(|j| (j.status.clone(), j.note.clone()))
+    };
+    let mut outcomes = Vec::new();
+    for verdict in record["verdicts"].as_array().into_iter().flatten() {
+        let rule = verdict["rule"].as_str().unwrap_or_default().to_string();
+        let outcome = if let Some(error) = verdict["error"].as_str() {
+            RuleOutcome {
+                rule,
+                verdict: "error",
+                detail: Some(error.to_string()),
+            }
+        } else {
+            match held_back(&rule) {
+                Some((status, note)) => RuleOutcome {
+                    rule,
+                    verdict: if status == "muted" {
+                        "muted"
+                    } else {
+                        "throttled"
+                    },
+                    detail: note,
+                },
+                None => RuleOutcome {
+                    rule,
+                    verdict: "matched",
+                    detail: None,
+                },
+            }
+        };
+        outcomes.push(outcome);
+    }
+    for rule in record["not_matched"].as_array().into_iter().flatten() {
+        outcomes.push(RuleOutcome {
+            rule: rule.as_str().unwrap_or_default().to_string(),
+            verdict: "not_matched",
+            detail: None,
+        });
+    }
+    outcomes
 }
 
 impl EventView {
@@ -53,6 +118,7 @@ impl EventView {
             warnings: stored.warnings,
             raw_body: with_raw.then(|| String::from_utf8_lossy(&stored.raw_body).into_owned()),
             evaluation: None,
+            rules: None,
             jobs: None,
         }
     }
@@ -84,7 +150,21 @@ pub async fn get_event(
     let read_failed = |e| ApiError::unavailable("reading the event's evaluation failed", &e);
     let mut view = EventView::new(stored, true);
     view.evaluation = state.store.get_evaluation(id).await.map_err(read_failed)?;
-    view.jobs = Some(state.store.list_event_jobs(id).await.map_err(read_failed)?);
+    let mut jobs = Vec::new();
+    for job in state.store.list_event_jobs(id).await.map_err(read_failed)? {
+        let attempt_log = state
+            .store
+            .list_job_attempts(job.id)
+            .await
+            .map_err(read_failed)?;
+        jobs.push(JobView { job, attempt_log });
+    }
+    view.rules = view
+        .evaluation
+        .as_ref()
+        .and_then(|e| e.record.as_ref())
+        .map(|record| rule_outcomes(record, &jobs));
+    view.jobs = Some(jobs);
     Ok(Json(view))
 }
 

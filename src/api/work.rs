@@ -103,7 +103,7 @@ pub async fn list_jobs(
 }
 
 /// One job and its attempts.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct JobView {
     #[serde(flatten)]
     pub job: StoredJob,

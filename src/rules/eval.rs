@@ -71,14 +71,17 @@ impl RuleVerdict {
     }
 }
 
-/// The evaluation record of one event: the rules that matched (with their actions) or failed.
-/// Rules of the version not listed ran and did not match.
+/// The evaluation record of one event: the rules that matched (with their actions) or failed,
+/// and the names of those that ran and did not match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub ruleset_version: String,
     /// How many rules ran (enabled rules of the version).
     pub evaluated: usize,
     pub verdicts: Vec<RuleVerdict>,
+    /// Rules that ran and did not match (names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_matched: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counter_hits: Vec<CounterHit>,
     pub elapsed_us: u64,
@@ -136,9 +139,10 @@ impl RuleSet {
             at_ms: ctx.at_ms,
             hits: Vec::new(),
         };
-        let ((verdicts, evaluated), state) = stdlib::with_state(state, || {
+        let ((verdicts, not_matched, evaluated), state) = stdlib::with_state(state, || {
             let mut scope = Scope::new();
             let mut verdicts = Vec::new();
+            let mut not_matched = Vec::new();
             let mut evaluated = 0;
             for rule in self.rules.iter().filter(|r| r.enabled) {
                 evaluated += 1;
@@ -160,14 +164,17 @@ impl RuleSet {
                 }
                 if verdict.matched || verdict.error.is_some() {
                     verdicts.push(verdict);
+                } else {
+                    not_matched.push(verdict.rule);
                 }
             }
-            (verdicts, evaluated)
+            (verdicts, not_matched, evaluated)
         });
         Evaluation {
             ruleset_version: self.version.clone(),
             evaluated,
             verdicts,
+            not_matched,
             counter_hits: state.hits,
             elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         }

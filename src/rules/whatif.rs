@@ -260,6 +260,7 @@ mod tests {
             ruleset_version: "candidate".into(),
             evaluated: verdicts.len(),
             verdicts,
+            not_matched: Vec::new(),
             counter_hits: Vec::new(),
             elapsed_us: 0,
         }

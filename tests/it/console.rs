@@ -65,6 +65,21 @@ async fn overview_search_and_instances() {
     for id in [a, b, c] {
         processed(&server, id).await;
     }
+    // The trace: each rule's verdict, and the jobs with their attempts.
+    let trace = processed(&server, a).await;
+    assert_eq!(
+        trace["rules"],
+        json!([{"rule": "abandoned", "verdict": "matched"}, {"rule": "answered", "verdict": "not_matched"}]),
+        "{trace}"
+    );
+    assert_eq!(
+        trace["jobs"][0]["attempt_log"][0]["outcome"], "success",
+        "{trace}"
+    );
+    assert!(
+        trace["evaluation"]["ruleset_version"].is_string(),
+        "{trace}"
+    );
     let (status, overview) = server.admin_get("/v1/overview?minutes=60").await;
     assert_eq!(status, StatusCode::OK, "{overview}");
     assert_eq!(overview["events"], 3, "{overview}");
@@ -194,6 +209,24 @@ async fn muted_rules_and_phones_record_their_actions_as_muted() {
 
     let trace = processed(&server, call(&server, 1, "待機放棄", "13800000001").await).await;
     assert_eq!(trace["jobs"][0]["status"], "muted", "{trace}");
+    let verdict = |trace: &Value, rule: &str| {
+        trace["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == rule)
+            .map(|r| r["verdict"].clone())
+    };
+    assert_eq!(
+        verdict(&trace, "abandoned"),
+        Some(json!("muted")),
+        "{trace}"
+    );
+    assert_eq!(
+        verdict(&trace, "answered"),
+        Some(json!("not_matched")),
+        "{trace}"
+    );
     let note = trace["jobs"][0]["note"].as_str().unwrap();
     assert!(
         note.contains("abandoned") && note.contains("queue maintenance"),
