@@ -76,7 +76,7 @@ fn log_rules(rules: &rules::Rules) {
 async fn forward_wakeups(
     mut wakeups: tokio::sync::mpsc::Receiver<store::Wakeup>,
     processor: Arc<Notify>,
-    job_workers: Arc<Vec<Arc<Notify>>>,
+    job_workers: Arc<delivery::worker::Wakers>,
     stop: CancellationToken,
 ) {
     loop {
@@ -86,7 +86,7 @@ async fn forward_wakeups(
         };
         match wakeup {
             Some(store::Wakeup::Events) => processor.notify_one(),
-            Some(store::Wakeup::Jobs) => job_workers.iter().for_each(|w| w.notify_one()),
+            Some(store::Wakeup::Jobs) => job_workers.wake_all(),
             None => break,
         }
     }
@@ -136,15 +136,18 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::new());
     let committed = Arc::new(Notify::new());
     let committed_wake = committed.clone();
-    let jobs_ready = Arc::new(Notify::new());
-    let email_ready = Arc::new(Notify::new());
-    let callbacks_ready = [Arc::new(Notify::new()), Arc::new(Notify::new())];
-    let job_workers = Arc::new(vec![
-        jobs_ready.clone(),
-        email_ready.clone(),
-        callbacks_ready[0].clone(),
-        callbacks_ready[1].clone(),
-    ]);
+    let mut wakers = delivery::worker::Wakers::default();
+    let webhook_ready = wakers.of("webhook");
+    let email_ready = wakers.of("email");
+    let callbacks_ready = [
+        wakers.of("callback_task"),
+        wakers.of("close_callback_tasks"),
+    ];
+    let dispatch_ready = config
+        .callback_dispatch
+        .as_ref()
+        .map(|_| wakers.of(store::CALLBACK_DISPATCH_KIND));
+    let job_workers = Arc::new(wakers);
     let (committer, commit_task) = committer::Committer::spawn(
         store.clone(),
         committed.clone(),
@@ -156,7 +159,7 @@ pub async fn run(
         store.clone(),
         rules.clone(),
         committed,
-        job_workers.to_vec(),
+        job_workers.clone(),
         metrics.clone(),
         processor::ProcessorConfig {
             owner: instance_id.clone(),
@@ -212,7 +215,7 @@ pub async fn run(
             settings: webhook_settings.clone(),
             clients: clients.clone(),
         }),
-        jobs_ready,
+        webhook_ready,
         256,
         longest_timeout,
     )];
@@ -242,10 +245,6 @@ pub async fn run(
 
     // Callback tasks: one worker records them (merged per phone), one closes them, and one sends
     // new tasks out when `[callback_dispatch]` says where.
-    let dispatch_ready = config
-        .callback_dispatch
-        .as_ref()
-        .map(|_| Arc::new(Notify::new()));
     if let (Some(dispatch), Some(ready)) = (&config.callback_dispatch, &dispatch_ready) {
         tracing::info!(to = ?dispatch_target(dispatch), "new callback tasks are dispatched");
         delivery_tasks.push(worker(

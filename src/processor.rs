@@ -3,6 +3,7 @@
 //! evaluations with the jobs they ask for. Events accepted before a crash are claimed after
 //! restart, and an expired lease lets another processor (or instance) take over.
 
+use crate::delivery::worker::Wakers;
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
 use crate::store::{Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent, now_millis};
@@ -33,7 +34,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     wake: Arc<Notify>,
-    jobs_ready: Vec<Arc<Notify>>,
+    workers: Arc<Wakers>,
     metrics: Arc<Metrics>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
@@ -52,8 +53,8 @@ pub async fn run(
         match claimed {
             Ok(events) if !events.is_empty() => {
                 let full = events.len() == config.batch as usize;
-                if process(&store, &rules, &metrics, &config.owner, events).await {
-                    jobs_ready.iter().for_each(|worker| worker.notify_one());
+                for kind in process(&store, &rules, &metrics, &config.owner, events).await {
+                    workers.wake(&kind);
                 }
                 if full {
                     continue; // more is waiting
@@ -77,14 +78,14 @@ pub async fn run(
 
 /// Evaluates a batch of claimed events (on a blocking thread: evaluation is CPU work and reads
 /// counters synchronously) and records every evaluation, with its counter hits and jobs, in the
-/// one transaction that finishes the batch. Returns whether new jobs were recorded.
+/// one transaction that finishes the batch. Returns the kinds of the jobs it recorded.
 async fn process(
     store: &Arc<dyn Store>,
     rules: &Arc<Rules>,
     metrics: &Arc<Metrics>,
     owner: &str,
     events: Vec<StoredEvent>,
-) -> bool {
+) -> std::collections::BTreeSet<String> {
     let count = events.len();
     let (store2, rules) = (store.clone(), rules.clone());
     let eval_metrics = metrics.clone();
@@ -113,7 +114,7 @@ async fn process(
         Ok(results) => results,
         Err(error) => {
             tracing::error!(%error, events = count, "evaluation task failed; the events will be retried after the lease");
-            return false;
+            return Default::default();
         }
     };
     log_rule_errors(&results);
@@ -129,11 +130,15 @@ async fn process(
                 );
             }
             tracing::debug!(events = finished.len(), "events processed");
-            results.iter().any(|r| !r.jobs.is_empty())
+            let kinds: std::collections::BTreeSet<String> = results
+                .iter()
+                .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
+                .collect();
+            kinds
         }
         Err(error) => {
             tracing::error!(%error, events = count, "recording processing failed; will retry after the lease");
-            false
+            Default::default()
         }
     }
 }

@@ -48,14 +48,14 @@ pub struct AppState {
     /// Rule settings, for evaluating candidate rules (what-if) as the running ones are.
     pub rule_settings: crate::rules::RuleSettings,
     /// Woken when an operator queues jobs (a real replay).
-    pub job_workers: Arc<Vec<Arc<tokio::sync::Notify>>>,
+    pub job_workers: Arc<crate::delivery::worker::Wakers>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
     /// Lets every delivery worker look for due jobs now.
     pub fn wake_job_workers(&self) {
-        self.job_workers.iter().for_each(|w| w.notify_one());
+        self.job_workers.wake_all();
     }
 }
 

@@ -16,6 +16,30 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// One wake-up per job kind: whoever queues jobs of a kind wakes that kind's worker (and only
+/// that one: an idle worker's claim is a write transaction for nothing).
+#[derive(Debug, Default)]
+pub struct Wakers(BTreeMap<&'static str, Arc<Notify>>);
+
+impl Wakers {
+    /// The wake-up of `kind`'s worker (made on first use).
+    pub fn of(&mut self, kind: &'static str) -> Arc<Notify> {
+        self.0.entry(kind).or_default().clone()
+    }
+
+    /// Wakes the worker of `kind`, if there is one.
+    pub fn wake(&self, kind: &str) {
+        if let Some(notify) = self.0.get(kind) {
+            notify.notify_one();
+        }
+    }
+
+    /// Wakes every worker.
+    pub fn wake_all(&self) {
+        self.0.values().for_each(|n| n.notify_one());
+    }
+}
+
 /// Runs one attempt of a job of one kind.
 #[async_trait::async_trait]
 pub trait Deliver: Send + Sync + 'static {
@@ -396,7 +420,9 @@ impl Deliver for CallbackDeliverer {
                     .store
                     .upsert_callback_task(&request, now_millis())
                     .await;
-                if let (Ok(_), Some(wake)) = (&stored, &self.dispatch) {
+                if let (Ok(task), Some(wake)) = (&stored, &self.dispatch)
+                    && task.created
+                {
                     wake.notify_one();
                 }
                 stored.map(|_| ())

@@ -87,7 +87,7 @@ macro_rules! impl_store {
                 &self,
                 request: &CallbackRequest,
                 now: Millis,
-            ) -> Result<CallbackTask, StoreError> {
+            ) -> Result<super::UpsertedTask, StoreError> {
                 sql::upsert_callback_task!(self.$w, $lock, request, now)
             }
 
@@ -117,7 +117,11 @@ macro_rules! impl_store {
                     .bind(i64::from(query.limit))
                     .fetch_all(&self.$r)
                     .await?;
-                rows.into_iter().map(TaskRow::into_stored).collect()
+                let tasks = rows
+                    .into_iter()
+                    .map(TaskRow::into_stored)
+                    .collect::<Result<Vec<_>, _>>()?;
+                sql::with_reasons!($db, &self.$r, tasks)
             }
 
             async fn list_jobs(
@@ -159,7 +163,10 @@ macro_rules! impl_store {
             }
 
             async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError> {
-                sql::fetch_one_row!(&self.$r, TaskRow, sql::GET_TASK.as_str(), id)
+                let task: Option<CallbackTask> =
+                    sql::fetch_one_row!(&self.$r, TaskRow, sql::GET_TASK.as_str(), id)?;
+                let tasks = sql::with_reasons!($db, &self.$r, task.into_iter().collect())?;
+                Ok(tasks.into_iter().next())
             }
 
             async fn update_callback_task(

@@ -258,6 +258,15 @@ pub struct CallbackRequest {
 /// Its spec is `{"task_id": …}`.
 pub const CALLBACK_DISPATCH_KIND: &str = "callback_dispatch";
 
+/// What recording a call-back request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpsertedTask {
+    /// The phone's open task.
+    pub id: i64,
+    /// Whether this request created it (otherwise it was merged into it).
+    pub created: bool,
+}
+
 /// A callback task as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallbackTask {
@@ -468,7 +477,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         request: &CallbackRequest,
         now: Millis,
-    ) -> Result<CallbackTask, StoreError>;
+    ) -> Result<UpsertedTask, StoreError>;
 
     /// Marks the phone's open or claimed tasks done with `outcome`; returns how many.
     async fn close_callback_tasks(

@@ -189,7 +189,7 @@ impl AttemptRow {
 
 /// The columns of a `callback_tasks` row.
 pub(super) const TASK_SELECT: &str = "SELECT id, phone, customer_name, status, priority, due_at, \
-     reasons, claimed_by, outcome, created_at, updated_at, closed_at FROM callback_tasks";
+     claimed_by, outcome, created_at, updated_at, closed_at FROM callback_tasks";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct TaskRow {
@@ -199,7 +199,6 @@ pub(super) struct TaskRow {
     status: String,
     priority: i64,
     due_at: Millis,
-    reasons: String,
     claimed_by: Option<String>,
     outcome: Option<String>,
     created_at: Millis,
@@ -208,6 +207,8 @@ pub(super) struct TaskRow {
 }
 
 impl TaskRow {
+    /// The task without its reasons (they live in `callback_task_reasons`; see
+    /// `sql::with_reasons!`).
     pub(super) fn into_stored(self) -> Result<CallbackTask, StoreError> {
         Ok(CallbackTask {
             id: self.id,
@@ -216,15 +217,30 @@ impl TaskRow {
             status: self.status,
             priority: self.priority,
             due_at: self.due_at,
-            reasons: serde_json::from_str(&self.reasons).map_err(|e| StoreError::Corrupt {
-                what: "callback task reasons",
-                message: e.to_string(),
-            })?,
+            reasons: serde_json::Value::Array(Vec::new()),
             claimed_by: self.claimed_by,
             outcome: self.outcome,
             created_at: self.created_at,
             updated_at: self.updated_at,
             closed_at: self.closed_at,
+        })
+    }
+}
+
+/// One reason of a callback task.
+#[derive(sqlx::FromRow)]
+pub(super) struct ReasonRow {
+    pub(super) task_id: i64,
+    pub(super) event_id: i64,
+    pub(super) rule: String,
+    pub(super) reason: String,
+    pub(super) at: Millis,
+}
+
+impl ReasonRow {
+    pub(super) fn into_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "reason": self.reason, "event_id": self.event_id, "rule": self.rule, "at": self.at,
         })
     }
 }

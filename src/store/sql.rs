@@ -572,15 +572,48 @@ macro_rules! record_attempts {
 }
 pub(super) use record_attempts;
 
+/// Fills in the reasons of `$tasks` (a `Vec<CallbackTask>`) from `callback_task_reasons`,
+/// oldest first, reading through `$exec` (a pool or a transaction).
+macro_rules! with_reasons {
+    ($db:ty, $exec:expr, $tasks:expr) => {{
+        let mut tasks: Vec<super::CallbackTask> = $tasks;
+        if !tasks.is_empty() {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                "SELECT task_id, event_id, rule, reason, at FROM callback_task_reasons \
+                 WHERE task_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for task in &tasks {
+                list.push_bind(task.id);
+            }
+            qb.push(") ORDER BY task_id, at, event_id, rule");
+            let rows: Vec<super::row::ReasonRow> = qb.build_query_as().fetch_all($exec).await?;
+            let mut by_task: std::collections::HashMap<i64, Vec<serde_json::Value>> =
+                std::collections::HashMap::new();
+            for row in rows {
+                by_task
+                    .entry(row.task_id)
+                    .or_default()
+                    .push(row.into_json());
+            }
+            for task in &mut tasks {
+                task.reasons =
+                    serde_json::Value::Array(by_task.remove(&task.id).unwrap_or_default());
+            }
+        }
+        Ok::<_, StoreError>(tasks)
+    }};
+}
+pub(super) use with_reasons;
+
 /// The body of `Store::upsert_callback_task` (`$lock` is ` FOR UPDATE` where the backend has it):
 /// merge into the phone's open task, or insert one. A concurrent insert for the same phone by
 /// another instance makes the insert do nothing; the second round then finds and merges into it.
+/// A merge adds one row to `callback_task_reasons` (once per event and rule), whatever the
+/// number of reasons before.
 macro_rules! upsert_callback_task {
     ($pool:expr, $lock:expr, $request:expr, $now:expr) => {{
         let (request, now): (&super::CallbackRequest, Millis) = ($request, $now);
-        let reason = serde_json::json!({
-            "reason": request.reason, "event_id": request.event_id, "rule": request.rule, "at": now,
-        });
         let select = format!(
             "{} WHERE phone = $1 AND status IN ('open', 'claimed'){}",
             super::row::TASK_SELECT,
@@ -592,46 +625,33 @@ macro_rules! upsert_callback_task {
             let open: Option<super::row::TaskRow> =
                 sqlx::query_as(&select).bind(&request.phone).fetch_optional(&mut *tx).await?;
             if let Some(row) = open {
-                let mut current = row.into_stored()?;
-                let reasons = current.reasons.as_array_mut().ok_or_else(|| StoreError::Corrupt {
-                    what: "callback task reasons",
-                    message: "not a list".into(),
-                })?;
-                let known = reasons.iter().any(|r| {
-                    r["event_id"] == request.event_id && r["rule"].as_str() == Some(&request.rule)
-                });
-                if !known {
-                    reasons.push(reason.clone());
-                }
-                current.priority = current.priority.max(request.priority);
-                current.due_at = current.due_at.min(request.due_at);
-                current.customer_name = current.customer_name.or(request.customer_name.clone());
-                current.updated_at = now;
+                let current = row.into_stored()?;
                 sqlx::query(
-                    "UPDATE callback_tasks SET reasons = $1, priority = $2, due_at = $3, \
-                     customer_name = $4, updated_at = $5 WHERE id = $6",
+                    "UPDATE callback_tasks SET priority = $1, due_at = $2, \
+                     customer_name = COALESCE(customer_name, $3), updated_at = $4 WHERE id = $5",
                 )
-                .bind(current.reasons.to_string())
-                .bind(current.priority)
-                .bind(current.due_at)
-                .bind(&current.customer_name)
+                .bind(current.priority.max(request.priority))
+                .bind(current.due_at.min(request.due_at))
+                .bind(&request.customer_name)
                 .bind(now)
                 .bind(current.id)
                 .execute(&mut *tx)
                 .await?;
-                task = Some(current);
+                task = Some(super::UpsertedTask {
+                    id: current.id,
+                    created: false,
+                });
                 break;
             }
             let inserted: Option<(i64,)> = sqlx::query_as(
                 "INSERT INTO callback_tasks (phone, customer_name, status, priority, due_at, \
-                 reasons, created_at, updated_at) VALUES ($1, $2, 'open', $3, $4, $5, $6, $6) \
+                 created_at, updated_at) VALUES ($1, $2, 'open', $3, $4, $5, $5) \
                  ON CONFLICT DO NOTHING RETURNING id",
             )
             .bind(&request.phone)
             .bind(&request.customer_name)
             .bind(request.priority)
             .bind(request.due_at)
-            .bind(serde_json::json!([reason]).to_string())
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
@@ -653,20 +673,30 @@ macro_rules! upsert_callback_task {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let row: super::row::TaskRow =
-                    sqlx::query_as(&format!("{} WHERE id = $1", super::row::TASK_SELECT))
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                task = Some(row.into_stored()?);
+                task = Some(super::UpsertedTask { id, created: true });
                 break;
             }
         }
+        let Some(task) = task else {
+            return Err(StoreError::Corrupt {
+                what: "callback task",
+                message: format!("the open task for {} kept changing", request.phone),
+            });
+        };
+        // Once per event and rule: a retried job adds nothing.
+        sqlx::query(
+            "INSERT INTO callback_task_reasons (task_id, event_id, rule, reason, at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(task.id)
+        .bind(request.event_id)
+        .bind(&request.rule)
+        .bind(&request.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        task.ok_or_else(|| StoreError::Corrupt {
-            what: "callback task",
-            message: format!("the open task for {} kept changing", request.phone),
-        })
+        Ok(task)
     }};
 }
 pub(super) use upsert_callback_task;

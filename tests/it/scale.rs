@@ -222,8 +222,8 @@ async fn three_instances_share_one_database_through_a_kill_9() {
     );
     assert_eq!(
         count(
-            "SELECT COUNT(*) FROM callback_tasks \
-             WHERE reasons NOT LIKE '[{%' OR reasons LIKE '%},{%'"
+            "SELECT COUNT(*) FROM callback_tasks t WHERE (SELECT COUNT(*) \
+             FROM callback_task_reasons r WHERE r.task_id = t.id) <> 1"
         )
         .await,
         0,

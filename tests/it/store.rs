@@ -602,6 +602,12 @@ async fn one_open_callback_task_per_phone_merging_requests() {
             .unwrap();
         assert_eq!((merged.id, repeated.id), (first.id, first.id), "{name}");
         assert_eq!(
+            (first.created, merged.created, repeated.created),
+            (true, false, false),
+            "{name}"
+        );
+        let repeated = store.get_callback_task(first.id).await.unwrap().unwrap();
+        assert_eq!(
             repeated.reasons.as_array().unwrap().len(),
             2,
             "a retried job adds no reason: {name}"
