@@ -47,6 +47,22 @@ pub trait Deliver: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// One attempt: its result, and the HTTP status or SMTP code when there was one.
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>);
+
+    /// Whether the jobs claimed together run together ([`Deliver::attempt_all`]) rather than
+    /// each on its own: for work that is a store write, one transaction for the batch.
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// One attempt of each job, together; the results in the jobs' order. By default, each on
+    /// its own, one after another.
+    async fn attempt_all(&self, jobs: &[StoredJob]) -> Vec<(AttemptResult, Option<i64>)> {
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            results.push(self.attempt(job).await);
+        }
+        results
+    }
 }
 
 /// What the webhook deliverer needs from the configuration.
@@ -159,6 +175,23 @@ pub async fn run(
             }
         };
         let full = claimed.len() == wanted;
+        let mut claimed = claimed;
+        if deliver.batched() && !claimed.is_empty() {
+            let claimed = std::mem::take(&mut claimed);
+            let permits: Vec<_> = permits.drain(..claimed.len()).collect();
+            let (deliver, schedule, made_tx) = (deliver.clone(), schedule.clone(), made_tx.clone());
+            tokio::spawn(async move {
+                let started_at = now_millis();
+                let clock = Instant::now();
+                let results = deliver.attempt_all(&claimed).await;
+                let took = clock.elapsed();
+                for (job, (result, code)) in claimed.into_iter().zip(results) {
+                    let done = finished_attempt(&schedule, &job, result, code, started_at, took);
+                    let _ = made_tx.send(Made { job, done }).await;
+                }
+                drop(permits);
+            });
+        }
         for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
             let (deliver, schedule, made_tx) = (deliver.clone(), schedule.clone(), made_tx.clone());
             tokio::spawn(async move {
@@ -277,6 +310,18 @@ async fn attempt_job(
     let started_at = now_millis();
     let clock = Instant::now();
     let (result, code) = deliver.attempt(job).await;
+    finished_attempt(schedule, job, result, code, started_at, clock.elapsed())
+}
+
+/// An attempt's record and what happens next, from its result.
+fn finished_attempt(
+    schedule: &Schedule,
+    job: &StoredJob,
+    result: AttemptResult,
+    code: Option<i64>,
+    started_at: i64,
+    took: Duration,
+) -> FinishedAttempt {
     let attempt_number = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
     let next = match decide(
         schedule,
@@ -297,7 +342,7 @@ async fn attempt_job(
     };
     let attempt = AttemptRecord {
         started_at,
-        duration_ms: i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX),
+        duration_ms: i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
         outcome: outcome.to_string(),
         code,
         detail,
@@ -397,58 +442,122 @@ impl Deliver for CallbackDeliverer {
     }
 
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
-        let stored = match serde_json::from_value(job.spec.clone()) {
-            Ok(ActionRequest::CallbackTask {
-                phone,
-                name,
-                reason,
-                due_in_secs,
-                priority,
-            }) => {
-                let due_in = i64::try_from(due_in_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-                let request = crate::store::CallbackRequest {
-                    phone,
-                    customer_name: name,
-                    reason,
-                    event_id: job.event_id,
-                    rule: job.rule.clone(),
-                    priority,
-                    due_at: job.created_at.saturating_add(due_in),
-                    dispatch: self.dispatch.is_some(),
-                };
-                let stored = self
-                    .store
-                    .upsert_callback_task(&request, now_millis())
-                    .await;
-                if let (Ok(task), Some(wake)) = (&stored, &self.dispatch)
-                    && task.created
-                {
-                    wake.notify_one();
-                }
-                stored.map(|_| ())
-            }
-            Ok(ActionRequest::CloseCallbackTasks { phone, note }) => {
-                let outcome = note.unwrap_or_else(|| format!("closed by rule {}", job.rule));
-                self.store
-                    .close_callback_tasks(&phone, &outcome, now_millis())
-                    .await
-                    .map(|_| ())
-            }
-            _ => {
-                let reason = format!("job {} is not a callback action", job.id);
-                return (AttemptResult::Permanent { reason }, None);
-            }
-        };
-        match stored {
-            Ok(()) => (AttemptResult::Success, None),
-            Err(error) => (
+        self.attempt_all(std::slice::from_ref(job))
+            .await
+            .pop()
+            .unwrap_or((
                 AttemptResult::Transient {
-                    reason: error.to_string(),
+                    reason: "no result".into(),
                     retry_after: None,
                 },
                 None,
-            ),
+            ))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// The batch's tasks recorded (or closed) in one transaction.
+    async fn attempt_all(&self, jobs: &[StoredJob]) -> Vec<(AttemptResult, Option<i64>)> {
+        let now = now_millis();
+        // Each job's request, or why it has none (a permanent failure of that job alone).
+        let mut requests = Vec::new();
+        let mut closes = Vec::new();
+        let mut results: Vec<Option<AttemptResult>> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match serde_json::from_value(job.spec.clone()) {
+                Ok(ActionRequest::CallbackTask {
+                    phone,
+                    name,
+                    reason,
+                    due_in_secs,
+                    priority,
+                }) if self.kind == "callback_task" => {
+                    let due_in =
+                        i64::try_from(due_in_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                    requests.push(crate::store::CallbackRequest {
+                        phone,
+                        customer_name: name,
+                        reason,
+                        event_id: job.event_id,
+                        rule: job.rule.clone(),
+                        priority,
+                        due_at: job.created_at.saturating_add(due_in),
+                        dispatch: self.dispatch.is_some(),
+                    });
+                    results.push(None);
+                }
+                Ok(ActionRequest::CloseCallbackTasks { phone, note })
+                    if self.kind == "close_callback_tasks" =>
+                {
+                    let outcome = note.unwrap_or_else(|| format!("closed by rule {}", job.rule));
+                    closes.push((phone, outcome));
+                    results.push(None);
+                }
+                _ => results.push(Some(AttemptResult::Permanent {
+                    reason: format!("job {} is not a {} action", job.id, self.kind),
+                })),
+            }
         }
+        let transient = |error: crate::store::StoreError| AttemptResult::Transient {
+            reason: error.to_string(),
+            retry_after: None,
+        };
+        // Together first; if that fails, each on its own, so that one request the store refuses
+        // does not hold up the others.
+        let together = self.store_all(&requests, &closes, now).await;
+        let mut outcomes: Vec<AttemptResult> = match together {
+            Ok(()) => vec![AttemptResult::Success; requests.len() + closes.len()],
+            Err(error) if requests.len() + closes.len() <= 1 => vec![transient(error)],
+            Err(_) => {
+                let mut each = Vec::new();
+                for request in &requests {
+                    let stored = self
+                        .store_all(std::slice::from_ref(request), &[], now)
+                        .await;
+                    each.push(stored.map_or_else(transient, |()| AttemptResult::Success));
+                }
+                for close in &closes {
+                    let stored = self.store_all(&[], std::slice::from_ref(close), now).await;
+                    each.push(stored.map_or_else(transient, |()| AttemptResult::Success));
+                }
+                each
+            }
+        };
+        outcomes.reverse();
+        results
+            .into_iter()
+            .map(|result| {
+                let result = result
+                    .or_else(|| outcomes.pop())
+                    .unwrap_or(AttemptResult::Success);
+                (result, None)
+            })
+            .collect()
+    }
+}
+
+impl CallbackDeliverer {
+    /// Records the requests (or closes) in one transaction; wakes the dispatcher for new tasks.
+    async fn store_all(
+        &self,
+        requests: &[crate::store::CallbackRequest],
+        closes: &[(String, String)],
+        now: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        if !requests.is_empty() {
+            let tasks = self.store.upsert_callback_tasks(requests, now).await?;
+            if let Some(wake) = &self.dispatch
+                && tasks.iter().any(|t| t.created)
+            {
+                wake.notify_one();
+            }
+        }
+        if !closes.is_empty() {
+            self.store.close_callback_tasks_many(closes, now).await?;
+        }
+        Ok(())
     }
 }
 

@@ -83,27 +83,35 @@ macro_rules! impl_store {
                 )
             }
 
-            async fn upsert_callback_task(
+            async fn upsert_callback_tasks(
                 &self,
-                request: &CallbackRequest,
+                requests: &[CallbackRequest],
                 now: Millis,
-            ) -> Result<super::UpsertedTask, StoreError> {
-                sql::upsert_callback_task!(self.$w, $lock, request, now)
+            ) -> Result<Vec<super::UpsertedTask>, StoreError> {
+                sql::upsert_callback_tasks!(self.$w, $lock, requests, now)
             }
 
-            async fn close_callback_tasks(
+            async fn close_callback_tasks_many(
                 &self,
-                phone: &str,
-                outcome: &str,
+                closes: &[(String, String)],
                 now: Millis,
-            ) -> Result<u64, StoreError> {
-                let done = sqlx::query(sql::CLOSE_CALLBACK_TASKS)
-                    .bind(outcome)
-                    .bind(now)
-                    .bind(phone)
-                    .execute(&self.$w)
-                    .await?;
-                Ok(done.rows_affected())
+            ) -> Result<Vec<u64>, StoreError> {
+                let mut order: Vec<usize> = (0..closes.len()).collect();
+                order.sort_by(|a, b| closes[*a].0.cmp(&closes[*b].0));
+                let mut closed = vec![0; closes.len()];
+                let mut tx = self.$w.begin().await?;
+                for index in order {
+                    let (phone, outcome) = &closes[index];
+                    let done = sqlx::query(sql::CLOSE_CALLBACK_TASKS)
+                        .bind(outcome)
+                        .bind(now)
+                        .bind(phone)
+                        .execute(&mut *tx)
+                        .await?;
+                    closed[index] = done.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(closed)
             }
 
             async fn list_callback_tasks(

@@ -469,15 +469,39 @@ pub trait Store: Send + Sync + 'static {
     /// A job's attempts, in order.
     async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError>;
 
-    /// Records a call-back request: a new open task for the phone, or (when one is open or
-    /// claimed) the request merged into it: its reason appended (once per event and rule), the
-    /// priority raised and the due time brought forward if the request asks for it. A new task
-    /// with `request.dispatch` also gets its dispatch job, in the same transaction.
+    /// Records call-back requests, all in one transaction: for each, a new open task for the
+    /// phone, or (when one is open or claimed) the request merged into it: its reason added
+    /// (once per event and rule), the priority raised and the due time brought forward if the
+    /// request asks for it. A new task with `request.dispatch` also gets its dispatch job. The
+    /// answers are in the order of the requests.
+    async fn upsert_callback_tasks(
+        &self,
+        requests: &[CallbackRequest],
+        now: Millis,
+    ) -> Result<Vec<UpsertedTask>, StoreError>;
+
+    /// Records one call-back request: [`Store::upsert_callback_tasks`] with one.
     async fn upsert_callback_task(
         &self,
         request: &CallbackRequest,
         now: Millis,
-    ) -> Result<UpsertedTask, StoreError>;
+    ) -> Result<UpsertedTask, StoreError> {
+        let done = self
+            .upsert_callback_tasks(std::slice::from_ref(request), now)
+            .await?;
+        done.into_iter().next().ok_or(StoreError::Corrupt {
+            what: "callback task",
+            message: "no answer for the request".into(),
+        })
+    }
+
+    /// Marks each phone's open or claimed tasks done with its outcome, all in one transaction;
+    /// how many for each `(phone, outcome)`.
+    async fn close_callback_tasks_many(
+        &self,
+        closes: &[(String, String)],
+        now: Millis,
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// Marks the phone's open or claimed tasks done with `outcome`; returns how many.
     async fn close_callback_tasks(
@@ -485,7 +509,10 @@ pub trait Store: Send + Sync + 'static {
         phone: &str,
         outcome: &str,
         now: Millis,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        let closes = [(phone.to_string(), outcome.to_string())];
+        Ok(self.close_callback_tasks_many(&closes, now).await?[0])
+    }
 
     /// Tasks matching the query, most urgent first: priority, then due time.
     async fn list_callback_tasks(&self, query: &TaskQuery)

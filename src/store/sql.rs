@@ -606,20 +606,27 @@ macro_rules! with_reasons {
 }
 pub(super) use with_reasons;
 
-/// The body of `Store::upsert_callback_task` (`$lock` is ` FOR UPDATE` where the backend has it):
-/// merge into the phone's open task, or insert one. A concurrent insert for the same phone by
+/// The body of `Store::upsert_callback_tasks` (`$lock` is ` FOR UPDATE` where the backend has
+/// it), all in one transaction: for each request, merge into the phone's open task, or insert one. A concurrent insert for the same phone by
 /// another instance makes the insert do nothing; the second round then finds and merges into it.
 /// A merge adds one row to `callback_task_reasons` (once per event and rule), whatever the
 /// number of reasons before.
-macro_rules! upsert_callback_task {
-    ($pool:expr, $lock:expr, $request:expr, $now:expr) => {{
-        let (request, now): (&super::CallbackRequest, Millis) = ($request, $now);
+macro_rules! upsert_callback_tasks {
+    ($pool:expr, $lock:expr, $requests:expr, $now:expr) => {{
+        let (requests, now): (&[super::CallbackRequest], Millis) = ($requests, $now);
         let select = format!(
             "{} WHERE phone = $1 AND status IN ('open', 'claimed'){}",
             super::row::TASK_SELECT,
             $lock
         );
+        // Phones in one order, so that two instances locking several never wait on each other
+        // in a cycle.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|a, b| requests[*a].phone.cmp(&requests[*b].phone));
+        let mut results = vec![None; requests.len()];
         let mut tx = $pool.begin().await?;
+        for index in order {
+        let request = &requests[index];
         let mut task = None;
         for _ in 0..2 {
             let open: Option<super::row::TaskRow> =
@@ -695,11 +702,13 @@ macro_rules! upsert_callback_task {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        results[index] = Some(task);
+        }
         tx.commit().await?;
-        Ok(task)
+        Ok(results.into_iter().flatten().collect())
     }};
 }
-pub(super) use upsert_callback_task;
+pub(super) use upsert_callback_tasks;
 
 /// Closes a phone's open and claimed tasks. Binds: outcome, now, phone.
 pub(super) const CLOSE_CALLBACK_TASKS: &str = "UPDATE callback_tasks SET status = 'done', \
