@@ -71,6 +71,9 @@ pub struct Config {
     pub processing_lease: Duration,
     /// How often processors look for work when nothing wakes them (other instances' events).
     pub processing_poll: Duration,
+    /// Processors (each claims and evaluates a batch at a time); `None`: 1 on SQLite (one
+    /// writer: more cannot help), 2 on PostgreSQL (a processor mostly waits on round trips).
+    pub processors: Option<usize>,
     /// Values rules read with `setting("name")`, e.g. a supervisor's address (`[rule_settings]`).
     pub rule_settings: crate::rules::RuleSettings,
     /// Named webhook targets rules refer to (`[webhooks.NAME]`).
@@ -171,6 +174,7 @@ impl Config {
             commit_batch_max: 512,
             processing_lease: Duration::from_secs(30),
             processing_poll: Duration::from_secs(1),
+            processors: None,
             rule_settings: Default::default(),
             webhook_targets: BTreeMap::new(),
             webhook_url_allowlist: Vec::new(),
@@ -363,6 +367,7 @@ struct FileConfig {
     commit_batch_max: Option<usize>,
     processing_lease_secs: Option<u64>,
     processing_poll_ms: Option<u64>,
+    processors: Option<usize>,
     rule_settings: Option<crate::rules::RuleSettings>,
     webhooks: Option<BTreeMap<String, WebhookTargetFile>>,
     delivery: Option<DeliveryFile>,
@@ -484,6 +489,12 @@ impl FileConfig {
         }
         if let Some(secs) = self.processing_lease_secs {
             config.processing_lease = Duration::from_secs(secs);
+        }
+        if let Some(n) = self.processors {
+            if n == 0 {
+                return Err(ConfigError::invalid("processors", "must be at least 1"));
+            }
+            config.processors = Some(n);
         }
         if let Some(ms) = self.processing_poll_ms {
             config.processing_poll = Duration::from_millis(ms);
@@ -685,6 +696,15 @@ mod tests {
         assert_eq!(config.ingest_tokens.len(), 2);
         let debug = format!("{config:?}");
         assert!(!debug.contains("tok-1"), "{debug}");
+    }
+
+    #[test]
+    fn processors_must_be_positive() {
+        let load = |text: &str| Config::load(&ServeArgs::default(), Some(file_with(text).path()));
+        assert_eq!(load("processors = 3\n").unwrap().processors, Some(3));
+        assert_eq!(load("").unwrap().processors, None);
+        let err = load("processors = 0\n").unwrap_err();
+        assert!(err.to_string().contains("processors"), "{err}");
     }
 
     #[test]

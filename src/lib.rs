@@ -155,21 +155,33 @@ pub async fn run(
         metrics.clone(),
     );
     let stop_processing = CancellationToken::new();
-    let processor_task = tokio::spawn(processor::run(
-        store.clone(),
-        rules.clone(),
-        committed,
-        job_workers.clone(),
-        metrics.clone(),
-        processor::ProcessorConfig {
-            owner: instance_id.clone(),
-            batch: 64,
-            lease: config.processing_lease,
-            poll: config.processing_poll,
-            settle: std::time::Duration::from_millis(10),
-        },
-        stop_processing.clone(),
-    ));
+    let processors =
+        config
+            .processors
+            .unwrap_or(if config.database_url.expose().starts_with("postgres") {
+                2
+            } else {
+                1
+            });
+    let processor_tasks: Vec<_> = (0..processors)
+        .map(|n| {
+            tokio::spawn(processor::run(
+                store.clone(),
+                rules.clone(),
+                committed.clone(),
+                job_workers.clone(),
+                metrics.clone(),
+                processor::ProcessorConfig {
+                    owner: format!("{instance_id}-p{n}"),
+                    batch: 64,
+                    lease: config.processing_lease,
+                    poll: config.processing_poll,
+                    settle: std::time::Duration::from_millis(10),
+                },
+                stop_processing.clone(),
+            ))
+        })
+        .collect();
 
     let stop_delivery = CancellationToken::new();
     let longest_timeout = config
@@ -332,7 +344,9 @@ pub async fn run(
     // Every request (and so every committer handle) is gone: the commit task drains and ends.
     let _ = commit_task.await;
     stop_processing.cancel();
-    let _ = processor_task.await;
+    for task in processor_tasks {
+        let _ = task.await;
+    }
     stop_delivery.cancel();
     for task in delivery_tasks {
         let _ = task.await;
