@@ -71,9 +71,11 @@ pub struct Config {
     pub processing_lease: Duration,
     /// How often processors look for work when nothing wakes them (other instances' events).
     pub processing_poll: Duration,
-    /// Processors (each claims and evaluates a batch at a time); `None`: 1 on SQLite (one
-    /// writer: more cannot help), 2 on PostgreSQL (a processor mostly waits on round trips).
-    pub processors: Option<usize>,
+    /// Processors per instance (each claims and evaluates a batch at a time). One keeps
+    /// windowed counters exact: events are evaluated in order, each seeing every earlier hit.
+    /// More help on PostgreSQL, where a processor mostly waits on round trips, at the price of
+    /// counts that may miss the hits of events being evaluated at the same moment.
+    pub processors: usize,
     /// Values rules read with `setting("name")`, e.g. a supervisor's address (`[rule_settings]`).
     pub rule_settings: crate::rules::RuleSettings,
     /// Named webhook targets rules refer to (`[webhooks.NAME]`).
@@ -174,7 +176,7 @@ impl Config {
             commit_batch_max: 512,
             processing_lease: Duration::from_secs(30),
             processing_poll: Duration::from_secs(1),
-            processors: None,
+            processors: 1,
             rule_settings: Default::default(),
             webhook_targets: BTreeMap::new(),
             webhook_url_allowlist: Vec::new(),
@@ -494,7 +496,7 @@ impl FileConfig {
             if n == 0 {
                 return Err(ConfigError::invalid("processors", "must be at least 1"));
             }
-            config.processors = Some(n);
+            config.processors = n;
         }
         if let Some(ms) = self.processing_poll_ms {
             config.processing_poll = Duration::from_millis(ms);
@@ -701,8 +703,8 @@ mod tests {
     #[test]
     fn processors_must_be_positive() {
         let load = |text: &str| Config::load(&ServeArgs::default(), Some(file_with(text).path()));
-        assert_eq!(load("processors = 3\n").unwrap().processors, Some(3));
-        assert_eq!(load("").unwrap().processors, None);
+        assert_eq!(load("processors = 3\n").unwrap().processors, 3);
+        assert_eq!(load("").unwrap().processors, 1);
         let err = load("processors = 0\n").unwrap_err();
         assert!(err.to_string().contains("processors"), "{err}");
     }

@@ -155,15 +155,7 @@ pub async fn run(
         metrics.clone(),
     );
     let stop_processing = CancellationToken::new();
-    let processors =
-        config
-            .processors
-            .unwrap_or(if config.database_url.expose().starts_with("postgres") {
-                2
-            } else {
-                1
-            });
-    let processor_tasks: Vec<_> = (0..processors)
+    let processor_tasks: Vec<_> = (0..config.processors)
         .map(|n| {
             tokio::spawn(processor::run(
                 store.clone(),
