@@ -46,18 +46,10 @@ pub async fn overview(
         .overview(since, now)
         .await
         .map_err(|e| ApiError::unavailable("reading the overview failed", &e))?;
-    let mut jobs: BTreeMap<String, i64> = [
-        "pending",
-        "retrying",
-        "done",
-        "dead",
-        "suppressed",
-        "muted",
-        "cancelled",
-    ]
-    .into_iter()
-    .map(|s| (s.to_string(), 0))
-    .collect();
+    let mut jobs: BTreeMap<String, i64> = super::work::JOB_STATUSES
+        .into_iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
     jobs.extend(counts.jobs.clone());
     let statuses = state.rules.statuses();
     let instances = live_instances(&state, now).await?;

@@ -60,7 +60,8 @@ pub struct JobPage {
     pub next_before: Option<i64>,
 }
 
-const JOB_STATUSES: [&str; 7] = [
+/// Every status a job can be in.
+pub(super) const JOB_STATUSES: [&str; 7] = [
     "pending",
     "retrying",
     "done",
