@@ -76,6 +76,9 @@ pub struct Config {
     /// More help on PostgreSQL, where a processor mostly waits on round trips, at the price of
     /// counts that may miss the hits of events being evaluated at the same moment.
     pub processors: usize,
+    /// How long windowed-counter hits are kept (a `count_in_window` over a longer window
+    /// undercounts); expired throttle windows are dropped as well.
+    pub counter_retention: Duration,
     /// Values rules read with `setting("name")`, e.g. a supervisor's address (`[rule_settings]`).
     pub rule_settings: crate::rules::RuleSettings,
     /// Named webhook targets rules refer to (`[webhooks.NAME]`).
@@ -177,6 +180,7 @@ impl Config {
             processing_lease: Duration::from_secs(30),
             processing_poll: Duration::from_secs(1),
             processors: 1,
+            counter_retention: Duration::from_secs(30 * 24 * 3600),
             rule_settings: Default::default(),
             webhook_targets: BTreeMap::new(),
             webhook_url_allowlist: Vec::new(),
@@ -370,6 +374,7 @@ struct FileConfig {
     processing_lease_secs: Option<u64>,
     processing_poll_ms: Option<u64>,
     processors: Option<usize>,
+    counter_retention: Option<String>,
     rule_settings: Option<crate::rules::RuleSettings>,
     webhooks: Option<BTreeMap<String, WebhookTargetFile>>,
     delivery: Option<DeliveryFile>,
@@ -497,6 +502,10 @@ impl FileConfig {
                 return Err(ConfigError::invalid("processors", "must be at least 1"));
             }
             config.processors = n;
+        }
+        if let Some(retention) = self.counter_retention {
+            config.counter_retention = crate::rules::stdlib::parse_duration(&retention)
+                .map_err(|e| ConfigError::invalid("counter_retention", e))?;
         }
         if let Some(ms) = self.processing_poll_ms {
             config.processing_poll = Duration::from_millis(ms);
@@ -704,6 +713,14 @@ mod tests {
     fn processors_must_be_positive() {
         let load = |text: &str| Config::load(&ServeArgs::default(), Some(file_with(text).path()));
         assert_eq!(load("processors = 3\n").unwrap().processors, 3);
+        assert_eq!(
+            load("counter_retention = \"7d\"\n")
+                .unwrap()
+                .counter_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let err = load("counter_retention = \"forever\"\n").unwrap_err();
+        assert!(err.to_string().contains("counter_retention"), "{err}");
         assert_eq!(load("").unwrap().processors, 1);
         let err = load("processors = 0\n").unwrap_err();
         assert!(err.to_string().contains("processors"), "{err}");

@@ -72,6 +72,49 @@ fn log_rules(rules: &rules::Rules) {
     );
 }
 
+/// Every ten minutes, deletes counter hits older than `retention` and closed throttle windows,
+/// a bounded batch per statement (several instances doing it at once is harmless).
+async fn prune(
+    store: Arc<dyn store::Store>,
+    retention: std::time::Duration,
+    stop: CancellationToken,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+    const BATCH: u32 = 5_000;
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.cancelled() => break,
+        }
+        let mut pruned = 0;
+        loop {
+            let now = store::now_millis();
+            match store
+                .prune(now.saturating_sub(retention_ms), now, BATCH)
+                .await
+            {
+                Ok(n) => {
+                    pruned += n;
+                    if n < u64::from(BATCH) || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "pruning old counter hits failed; will retry");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(
+                rows = pruned,
+                "pruned counter hits and throttle windows no window needs"
+            );
+        }
+    }
+}
+
 /// Passes the store's wake-ups on: new events to the processor, new jobs to every worker.
 async fn forward_wakeups(
     mut wakeups: tokio::sync::mpsc::Receiver<store::Wakeup>,
@@ -311,6 +354,11 @@ pub async fn run(
         }
         None => None,
     };
+    let prune_task = tokio::spawn(prune(
+        store.clone(),
+        config.counter_retention,
+        stop_delivery.clone(),
+    ));
     let heartbeat_task = tokio::spawn(instance::heartbeat(
         store.clone(),
         state.rules.clone(),
@@ -344,6 +392,7 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = heartbeat_task.await;
+    let _ = prune_task.await;
     if let Some(task) = wakeup_task {
         let _ = task.await;
     }

@@ -267,6 +267,30 @@ macro_rules! impl_store {
                     .await?)
             }
 
+            async fn prune(
+                &self,
+                counters_before: Millis,
+                now: Millis,
+                limit: u32,
+            ) -> Result<u64, StoreError> {
+                let limit = i64::from(limit);
+                let mut pruned = 0;
+                // One bounded delete per statement, so the writer is never held for long.
+                for (sql, before) in [
+                    (sql::PRUNE_COUNTER_HITS, counters_before),
+                    (sql::PRUNE_COUNTER_BUCKETS, sql::bucket_of(counters_before)),
+                    (sql::PRUNE_THROTTLES, now),
+                ] {
+                    let done = sqlx::query(sql)
+                        .bind(before)
+                        .bind(limit)
+                        .execute(&self.$w)
+                        .await?;
+                    pruned += done.rows_affected();
+                }
+                Ok(pruned)
+            }
+
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1").execute(&self.$r).await?;
                 Ok(())

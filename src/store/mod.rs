@@ -592,6 +592,16 @@ pub trait Store: Send + Sync + 'static {
     /// Instances seen at or after `since`, oldest start first.
     async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError>;
 
+    /// Deletes up to `limit` of what no window can need any more: counter hits before
+    /// `counters_before` (and their per-second buckets), and throttle windows that closed before
+    /// `now`. Returns how many rows went; call again while it returns `limit`.
+    async fn prune(
+        &self,
+        counters_before: Millis,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

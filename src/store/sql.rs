@@ -197,6 +197,16 @@ pub(super) const COUNT_HITS: &str = "SELECT CAST(\
      (SELECT COALESCE(SUM(hits), 0) FROM counter_buckets WHERE key = $1 AND second > $2) + \
      (SELECT COUNT(*) FROM counter_hits WHERE key = $3 AND at >= $4 AND at < $5) AS BIGINT)";
 
+/// Counter hits older than the retention, a bounded number at a time. Binds: before, limit.
+pub(super) const PRUNE_COUNTER_HITS: &str = "DELETE FROM counter_hits WHERE (key, event_id) IN \
+     (SELECT key, event_id FROM counter_hits WHERE at < $1 LIMIT $2)";
+/// Per-second buckets older than the retention. Binds: before (a second), limit.
+pub(super) const PRUNE_COUNTER_BUCKETS: &str = "DELETE FROM counter_buckets WHERE (key, second) IN \
+     (SELECT key, second FROM counter_buckets WHERE second < $1 LIMIT $2)";
+/// Throttle windows that have closed. Binds: now, limit.
+pub(super) const PRUNE_THROTTLES: &str = "DELETE FROM throttles WHERE (rule, key) IN \
+     (SELECT rule, key FROM throttles WHERE until < $1 LIMIT $2)";
+
 /// Hits of a key as an earlier event saw them (raw hits: history is re-read rarely). Binds: key,
 /// since, until, the event's id.
 pub(super) const COUNT_HITS_AS_OF: &str = "SELECT COUNT(*) FROM counter_hits \

@@ -696,3 +696,51 @@ async fn one_open_callback_task_per_phone_merging_requests() {
         assert_eq!(dispatched, created, "{name}");
     }
 }
+
+#[tokio::test]
+async fn pruning_drops_old_counter_hits_and_closed_throttles_only() {
+    for (name, store, _dir) in backends().await {
+        let batch: Vec<_> = (0..4).map(|i| new_event(json!({"p": i}), i)).collect();
+        let ids = insert_ids(&store, &batch).await;
+        let lease = Lease {
+            owner: "p".into(),
+            now: 1,
+            until: i64::MAX,
+        };
+        store.claim_events(&lease, 10).await.unwrap();
+        // Hits at 1 s, 2 s, 50 s and 60 s; a throttle window open until 31 s, another until 101 s.
+        let results: Vec<Finished> = ids
+            .iter()
+            .zip([1_000, 2_000, 50_000, 60_000])
+            .enumerate()
+            .map(|(i, (&id, at))| Finished {
+                counter_hits: vec![("k".into(), at)],
+                throttles: if i % 2 == 0 {
+                    vec![RuleThrottle {
+                        rule: format!("r{i}"),
+                        key: "t".into(),
+                        window_ms: 30_000,
+                        at: at + 1,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                ..done(id)
+            })
+            .collect();
+        store.finish_events(&results, "p", 1).await.unwrap();
+        // Keep hits from 10 s on; now is 40 s: the first window (until 31 s) has closed.
+        let mut pruned = 0;
+        loop {
+            let n = store.prune(10_000, 40_000, 1).await.unwrap();
+            pruned += n;
+            if n == 0 {
+                break;
+            }
+        }
+        // Two hits, their two buckets, one throttle.
+        assert_eq!(pruned, 5, "{name}");
+        assert_eq!(store.count_hits("k", 0).await.unwrap(), 2, "{name}");
+        assert_eq!(store.count_hits("k", 55_000).await.unwrap(), 1, "{name}");
+    }
+}
