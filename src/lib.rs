@@ -7,20 +7,24 @@
 //! ```text
 //! POST /v1/notifications ─▶ api::intake ─▶ committer (group commit) ─▶ store ─▶ 202
 //!                                                                        │
-//!                                      processor (claims unprocessed) ◀──┘
+//!                  processor (claims unprocessed, evaluates, queues jobs) ◀──┘
+//!                                                                        │
+//!            delivery workers (claim due jobs: webhook, email, callback) ◀──┘
 //! ```
 //!
 //! - [`event`]: PURE. The typed, leniently decoded notification (`CallEvent`), outcomes, warnings.
 //! - [`config`]: the one `Config`, from defaults, file, environment and flags.
-//! - [`store`]: the `Store` trait and its SQLite backend.
+//! - [`store`]: the `Store` trait and its SQLite and PostgreSQL backends.
 //! - [`committer`]: group commit of accepted notifications.
 //! - [`processor`]: claims accepted events from the store, evaluates them, records the result.
-//! - [`rules`]: Rhai rules: compile, evaluate (PURE), load and hot-reload, check/try/test.
-//! - [`delivery`]: what executes the actions (retry policy, signing, email building so far).
+//! - [`rules`]: Rhai rules: compile, evaluate (PURE), load and hot-reload, check/try/test,
+//!   what-if comparison (PURE).
+//! - [`delivery`]: the retry policy and signing (PURE), the senders, and the job workers.
+//! - [`replay`]: replay and what-if over stored events.
 //! - [`instance`]: this process's heartbeat row: which rule set it runs.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`replay`]: replay and what-if over stored events.
-//! - [`api`]: the HTTP surface (`router(state)`), auth, errors.
+//! - [`api`]: the HTTP surface (`router(state)`), auth, errors, the OpenAPI document.
+//! - [`console`]: the embedded operator dashboard.
 
 pub mod api;
 pub mod committer;
