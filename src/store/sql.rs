@@ -344,11 +344,29 @@ pub(super) fn mute_note(
         })
 }
 
-/// Opens a rule's throttle window for a key unless one is open: returns a row only when the
-/// window was (re)opened, i.e. when the rule's actions go ahead. Binds: rule, key, until, at.
-pub(super) const OPEN_THROTTLE: &str = "INSERT INTO throttles (rule, key, until) VALUES ($1, $2, $3) \
-     ON CONFLICT (rule, key) DO UPDATE SET until = excluded.until WHERE throttles.until <= $4 \
-     RETURNING until";
+/// Opens throttle windows, one per (rule, key) — no two alike in one call — unless one is
+/// open at the request's time: returns the (rule, key) of each window that was (re)opened, i.e.
+/// whose rule's actions go ahead.
+pub(super) fn open_throttles<'a, DB>(requests: &[&'a super::RuleThrottle]) -> QueryBuilder<'a, DB>
+where
+    DB: Database,
+    &'a String: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new("INSERT INTO throttles (rule, key, until, opened_at) ");
+    qb.push_values(requests, |mut row, t| {
+        row.push_bind(&t.rule)
+            .push_bind(&t.key)
+            .push_bind(t.at.saturating_add(t.window_ms))
+            .push_bind(t.at);
+    });
+    qb.push(
+        " ON CONFLICT (rule, key) DO UPDATE SET until = excluded.until, \
+         opened_at = excluded.opened_at WHERE throttles.until <= excluded.opened_at \
+         RETURNING rule, key",
+    );
+    qb
+}
 
 /// The JSON text of each finished event's evaluation record.
 pub(super) fn record_texts(finished: &[&Finished]) -> Result<Vec<String>, StoreError> {
@@ -436,25 +454,40 @@ macro_rules! finish_events {
                 }
             }
             // Throttles apply in event order, so a later event of the batch sees an earlier
-            // one's. A muted rule's throttle does not open.
+            // one's: round n opens the n-th request of each (rule, key) in one statement (keys
+            // are independent of each other). A muted rule's throttle does not open.
+            let mut rounds: Vec<Vec<(EventId, &super::RuleThrottle)>> = Vec::new();
+            let mut seen: std::collections::HashMap<(&str, &str), usize> =
+                std::collections::HashMap::new();
             for f in chunk {
                 for t in &f.throttles {
                     if held_back.contains_key(&(f.event_id, t.rule.clone())) {
                         continue;
                     }
-                    let opened: Option<(i64,)> = sqlx::query_as(sql::OPEN_THROTTLE)
-                        .bind(&t.rule)
-                        .bind(&t.key)
-                        .bind(t.at.saturating_add(t.window_ms))
-                        .bind(t.at)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if opened.is_none() {
+                    let round = seen.entry((t.rule.as_str(), t.key.as_str())).or_insert(0);
+                    if rounds.len() <= *round {
+                        rounds.push(Vec::new());
+                    }
+                    rounds[*round].push((f.event_id, t));
+                    *round += 1;
+                }
+            }
+            for round in rounds {
+                let requests: Vec<&super::RuleThrottle> = round.iter().map(|(_, t)| *t).collect();
+                let opened: std::collections::HashSet<(String, String)> =
+                    sql::open_throttles::<$db>(&requests)
+                        .build_query_as()
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect();
+                for (event_id, t) in round {
+                    if !opened.contains(&(t.rule.clone(), t.key.clone())) {
                         let note = format!(
                             "throttled: `{}` already acted for key `{}` within its window",
                             t.rule, t.key
                         );
-                        held_back.insert((f.event_id, t.rule.clone()), ("suppressed", note));
+                        held_back.insert((event_id, t.rule.clone()), ("suppressed", note));
                     }
                 }
             }
