@@ -175,32 +175,36 @@ pub async fn run(
             }
         };
         let full = claimed.len() == wanted;
-        let mut claimed = claimed;
-        if deliver.batched() && !claimed.is_empty() {
-            let claimed = std::mem::take(&mut claimed);
-            let permits: Vec<_> = permits.drain(..claimed.len()).collect();
-            let (deliver, schedule, made_tx) = (deliver.clone(), schedule.clone(), made_tx.clone());
-            tokio::spawn(async move {
-                let started_at = now_millis();
-                let clock = Instant::now();
-                let results = deliver.attempt_all(&claimed).await;
-                let took = clock.elapsed();
-                for (job, (result, code)) in claimed.into_iter().zip(results) {
-                    let done = finished_attempt(&schedule, &job, result, code, started_at, took);
+        if deliver.batched() {
+            if !claimed.is_empty() {
+                let permits: Vec<_> = permits.drain(..claimed.len()).collect();
+                let (deliver, schedule, made_tx) =
+                    (deliver.clone(), schedule.clone(), made_tx.clone());
+                tokio::spawn(async move {
+                    let started_at = now_millis();
+                    let clock = Instant::now();
+                    let results = deliver.attempt_all(&claimed).await;
+                    let took = clock.elapsed();
+                    for (job, (result, code)) in claimed.into_iter().zip(results) {
+                        let done =
+                            finished_attempt(&schedule, &job, result, code, started_at, took);
+                        let _ = made_tx.send(Made { job, done }).await;
+                    }
+                    drop(permits);
+                });
+            }
+        } else {
+            for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
+                let (deliver, schedule, made_tx) =
+                    (deliver.clone(), schedule.clone(), made_tx.clone());
+                tokio::spawn(async move {
+                    let done = attempt_job(&*deliver, &schedule, &job).await;
+                    // The permit is held until the recorder has the attempt: in-flight work
+                    // stays bounded, and shutdown waits for every attempt to be handed over.
                     let _ = made_tx.send(Made { job, done }).await;
-                }
-                drop(permits);
-            });
-        }
-        for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            let (deliver, schedule, made_tx) = (deliver.clone(), schedule.clone(), made_tx.clone());
-            tokio::spawn(async move {
-                let done = attempt_job(&*deliver, &schedule, &job).await;
-                // The permit is held until the recorder has the attempt: in-flight work stays
-                // bounded, and shutdown waits for every attempt to be handed over.
-                let _ = made_tx.send(Made { job, done }).await;
-                drop(permit);
-            });
+                    drop(permit);
+                });
+            }
         }
         drop(permits);
         if full {
