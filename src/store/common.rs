@@ -280,6 +280,7 @@ macro_rules! impl_store {
                     (sql::PRUNE_COUNTER_HITS, counters_before),
                     (sql::PRUNE_COUNTER_BUCKETS, sql::bucket_of(counters_before)),
                     (sql::PRUNE_THROTTLES, now),
+                    (sql::PRUNE_INSTANCES, now.saturating_sub(7 * 24 * 3600 * 1000)),
                 ] {
                     let done = sqlx::query(sql)
                         .bind(before)

@@ -593,8 +593,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError>;
 
     /// Deletes up to `limit` of what no window can need any more: counter hits before
-    /// `counters_before` (and their per-second buckets), and throttle windows that closed before
-    /// `now`. Returns how many rows went; call again while it returns `limit`.
+    /// `counters_before` (and their per-second buckets), throttle windows that closed before
+    /// `now`, and instances not seen for a week. Returns how many rows went (up to `limit` of
+    /// each); call again while it returns any.
     async fn prune(
         &self,
         counters_before: Millis,

@@ -203,6 +203,9 @@ pub(super) const PRUNE_COUNTER_HITS: &str = "DELETE FROM counter_hits WHERE (key
 /// Per-second buckets older than the retention. Binds: before (a second), limit.
 pub(super) const PRUNE_COUNTER_BUCKETS: &str = "DELETE FROM counter_buckets WHERE (key, second) IN \
      (SELECT key, second FROM counter_buckets WHERE second < $1 LIMIT $2)";
+/// Instances not seen for a week (a row per process that ever ran). Binds: before, limit.
+pub(super) const PRUNE_INSTANCES: &str = "DELETE FROM instances WHERE id IN \
+     (SELECT id FROM instances WHERE seen_at < $1 LIMIT $2)";
 /// Throttle windows that have closed. Binds: now, limit.
 pub(super) const PRUNE_THROTTLES: &str = "DELETE FROM throttles WHERE (rule, key) IN \
      (SELECT rule, key FROM throttles WHERE until < $1 LIMIT $2)";

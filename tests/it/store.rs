@@ -742,5 +742,29 @@ async fn pruning_drops_old_counter_hits_and_closed_throttles_only() {
         assert_eq!(pruned, 5, "{name}");
         assert_eq!(store.count_hits("k", 0).await.unwrap(), 2, "{name}");
         assert_eq!(store.count_hits("k", 55_000).await.unwrap(), 1, "{name}");
+
+        // An instance not seen for a week goes; one seen since stays.
+        let week = 7 * 24 * 3600 * 1000;
+        for (id, seen_at) in [("gone", 1_000), ("here", week + 5_000)] {
+            let instance = switchboard::store::InstanceInfo {
+                id: id.into(),
+                started_at: 0,
+                seen_at,
+                ruleset_version: "v".into(),
+                rules_dir: "rules".into(),
+                listen: "127.0.0.1:1".into(),
+                version: "0".into(),
+            };
+            store.heartbeat(&instance).await.unwrap();
+        }
+        while store.prune(10_000, week + 10_000, 100).await.unwrap() > 0 {}
+        let left: Vec<String> = store
+            .list_instances(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(left, ["here"], "{name}");
     }
 }
