@@ -87,8 +87,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("switchboard");
-        let metrics = Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("switchboard"),
             notifications: Family::default(),
             decode_warnings: Counter::default(),
             evaluation_seconds: latency_histogram(),
@@ -106,9 +106,8 @@ impl Metrics {
             oldest_due_job_age_seconds: Gauge::default(),
             dead_jobs: Gauge::default(),
             open_callback_tasks: Gauge::default(),
-            registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = &mut metrics.registry;
         r.register(
             "notifications",
             "Notifications received, by result (accepted, duplicate, rejected) and rejection reason",
@@ -194,10 +193,7 @@ impl Metrics {
             "Callback tasks open or claimed",
             metrics.open_callback_tasks.clone(),
         );
-        Metrics {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     /// Counts a notification's result.
