@@ -209,11 +209,11 @@ fn main() -> anyhow::Result<()> {
             let request = switchboard::replay::WhatIf {
                 rules_dir: rules,
                 settings: rule_settings()?,
-                since: switchboard::replay::parse_since(&since, now).map_err(anyhow::Error::msg)?,
+                since: switchboard::replay::parse_since(&since, now)
+                    .map_err(|e| anyhow::anyhow!("--since {e}"))?,
                 until: match until {
-                    Some(until) => {
-                        switchboard::replay::parse_instant(&until).map_err(anyhow::Error::msg)?
-                    }
+                    Some(until) => switchboard::replay::parse_instant(&until)
+                        .map_err(|e| anyhow::anyhow!("--until {e}"))?,
                     None => now,
                 },
                 limit,

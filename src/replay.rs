@@ -26,27 +26,29 @@ pub enum ReplayError {
 
 /// A start time: a duration back from `now` (`7d`, `90m`), unix milliseconds, RFC 3339, or
 /// Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`.
+/// The error says what was expected (`must be …, got …`).
 pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
     if let Ok(ago) = crate::rules::stdlib::parse_duration(text) {
         return Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
     }
-    parse_instant(text)
+    time_millis(text).ok_or_else(|| {
+        format!("must be {TIME_FORMS} or a duration back from now (`7d`, `12h`), got `{text}`")
+    })
 }
 
-/// A time: unix milliseconds, RFC 3339, or Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`.
+/// A time: unix milliseconds, RFC 3339, or Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`. The error says
+/// what was expected (`must be …, got …`).
 pub fn parse_instant(text: &str) -> Result<Millis, String> {
+    time_millis(text).ok_or_else(|| format!("must be {TIME_FORMS}, got `{text}`"))
+}
+
+const TIME_FORMS: &str = "a time (RFC 3339, `2026-11-20 10:15:42 +0800`, or unix milliseconds)";
+
+fn time_millis(text: &str) -> Option<Millis> {
     let text = text.trim();
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    crate::event::parse_time(text)
-        .map(|t| t.timestamp_millis())
-        .ok_or_else(|| {
-            format!(
-                "`{text}` is not a time (RFC 3339, `2026-11-20 10:15:42 +0800`, unix ms) \
-                 or a duration back from now (`7d`, `12h`)"
-            )
-        })
+    text.parse::<i64>()
+        .ok()
+        .or_else(|| crate::event::parse_time(text).map(|t| t.timestamp_millis()))
 }
 
 /// Stored events received in `[since, until)`, newest first, at most `limit`.

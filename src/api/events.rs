@@ -2,7 +2,7 @@
 
 use super::work::JobView;
 use super::{ApiError, AppState};
-use crate::event::{CallEvent, Warning, parse_time};
+use crate::event::{CallEvent, Warning};
 use crate::store::{EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -251,15 +251,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError>
 
 /// RFC 3339, Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`, or unix milliseconds.
 pub(super) fn parse_instant(name: &str, value: &str) -> Result<Millis, ApiError> {
-    if let Ok(ms) = value.parse::<i64>() {
-        return Ok(ms);
-    }
-    parse_time(value).map(|t| t.timestamp_millis()).ok_or_else(|| {
-        invalid(
-            name,
-            format!("must be a time (RFC 3339, `2026-11-20 10:15:42 +0800`, or unix milliseconds), got `{value}`"),
-        )
-    })
+    crate::replay::parse_instant(value).map_err(|e| invalid(name, e))
 }
 
 pub(super) fn invalid(parameter: &str, message: String) -> ApiError {
