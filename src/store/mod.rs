@@ -450,22 +450,6 @@ pub trait Store: Send + Sync + 'static {
         batch: &[FinishedAttempt],
     ) -> Result<Vec<bool>, StoreError>;
 
-    /// Records one attempt: [`Store::record_attempts`] with a batch of one.
-    async fn record_attempt(
-        &self,
-        job_id: i64,
-        owner: &str,
-        attempt: &AttemptRecord,
-        next: JobNext,
-    ) -> Result<bool, StoreError> {
-        let batch = [FinishedAttempt {
-            job_id,
-            attempt: attempt.clone(),
-            next,
-        }];
-        Ok(self.record_attempts(owner, &batch).await?[0])
-    }
-
     /// A job's attempts, in order.
     async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError>;
 
@@ -480,21 +464,6 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<UpsertedTask>, StoreError>;
 
-    /// Records one call-back request: [`Store::upsert_callback_tasks`] with one.
-    async fn upsert_callback_task(
-        &self,
-        request: &CallbackRequest,
-        now: Millis,
-    ) -> Result<UpsertedTask, StoreError> {
-        let done = self
-            .upsert_callback_tasks(std::slice::from_ref(request), now)
-            .await?;
-        done.into_iter().next().ok_or(StoreError::Corrupt {
-            what: "callback task",
-            message: "no answer for the request".into(),
-        })
-    }
-
     /// Marks each phone's open or claimed tasks done with its outcome, all in one transaction;
     /// how many for each `(phone, outcome)`.
     async fn close_callback_tasks_many(
@@ -502,17 +471,6 @@ pub trait Store: Send + Sync + 'static {
         closes: &[(String, String)],
         now: Millis,
     ) -> Result<Vec<u64>, StoreError>;
-
-    /// Marks the phone's open or claimed tasks done with `outcome`; returns how many.
-    async fn close_callback_tasks(
-        &self,
-        phone: &str,
-        outcome: &str,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let closes = [(phone.to_string(), outcome.to_string())];
-        Ok(self.close_callback_tasks_many(&closes, now).await?[0])
-    }
 
     /// Tasks matching the query, most urgent first: priority, then due time.
     async fn list_callback_tasks(&self, query: &TaskQuery)

@@ -22,6 +22,66 @@ async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     backends
 }
 
+/// One-at-a-time forms of the store's batch writes, for readable tests.
+#[async_trait::async_trait]
+trait OneAtATime {
+    async fn record_attempt(
+        &self,
+        job_id: i64,
+        owner: &str,
+        attempt: &switchboard::store::AttemptRecord,
+        next: store::JobNext,
+    ) -> Result<bool, store::StoreError>;
+    async fn upsert_callback_task(
+        &self,
+        request: &switchboard::store::CallbackRequest,
+        now: i64,
+    ) -> Result<switchboard::store::UpsertedTask, store::StoreError>;
+    async fn close_callback_tasks(
+        &self,
+        phone: &str,
+        outcome: &str,
+        now: i64,
+    ) -> Result<u64, store::StoreError>;
+}
+
+#[async_trait::async_trait]
+impl OneAtATime for Arc<dyn Store> {
+    async fn record_attempt(
+        &self,
+        job_id: i64,
+        owner: &str,
+        attempt: &switchboard::store::AttemptRecord,
+        next: store::JobNext,
+    ) -> Result<bool, store::StoreError> {
+        let batch = [switchboard::store::FinishedAttempt {
+            job_id,
+            attempt: attempt.clone(),
+            next,
+        }];
+        Ok(self.record_attempts(owner, &batch).await?[0])
+    }
+
+    async fn upsert_callback_task(
+        &self,
+        request: &switchboard::store::CallbackRequest,
+        now: i64,
+    ) -> Result<switchboard::store::UpsertedTask, store::StoreError> {
+        let requests = std::slice::from_ref(request);
+        Ok(self.upsert_callback_tasks(requests, now).await?[0])
+    }
+
+    async fn close_callback_tasks(
+        &self,
+        phone: &str,
+        outcome: &str,
+        now: i64,
+    ) -> Result<u64, store::StoreError> {
+        let closes = [(phone.to_string(), outcome.to_string())];
+        Ok(self.close_callback_tasks_many(&closes, now).await?[0])
+    }
+}
+
 /// A processing result with nothing in it but the event id.
 fn done(event_id: i64) -> Finished {
     Finished {
