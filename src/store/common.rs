@@ -204,7 +204,7 @@ macro_rules! impl_store {
                 jobs: &[NewJob],
                 now: Millis,
             ) -> Result<u64, StoreError> {
-                sql::insert_replay_jobs!(self.$w, event_id, run, jobs, now)
+                sql::insert_replay_jobs!($db, self.$w, event_id, run, jobs, now)
             }
 
             async fn overview(&self, since: Millis, now: Millis) -> Result<Overview, StoreError> {

@@ -240,6 +240,7 @@ pub(super) fn insert_jobs<'a, DB>(
     finished: &'a [&'a Finished],
     held_back: &'a HashMap<(EventId, String), (&'static str, String)>,
     now: Millis,
+    replay_run: Option<&str>,
 ) -> Result<Option<QueryBuilder<'a, DB>>, StoreError>
 where
     DB: Database,
@@ -257,7 +258,11 @@ where
                 message: e.to_string(),
             })?;
             let held = held_back.get(&(f.event_id, job.rule.clone()));
-            jobs.push((job.idempotency_key(f.event_id), f.event_id, job, spec, held));
+            let key = match replay_run {
+                Some(run) => format!("{}:{run}", job.idempotency_key(f.event_id)),
+                None => job.idempotency_key(f.event_id),
+            };
+            jobs.push((key, f.event_id, job, spec, held));
         }
     }
     if jobs.is_empty() {
@@ -323,6 +328,40 @@ where
     qb.push(" ON CONFLICT (event_id, rule) DO NOTHING");
     Some(qb)
 }
+
+/// The jobs of `$chunk` (finished events) that mutes in force hold back: (event, rule) →
+/// (`muted`, the mute's note). Reads the events' phones through `$tx` when any mute is in force.
+macro_rules! muted_jobs {
+    ($db:ty, $tx:ident, $mutes:expr, $chunk:expr) => {{
+        let (mutes, chunk): (&[(String, String, Millis, String)], &[&Finished]) = ($mutes, $chunk);
+        let mut held_back: HashMap<(EventId, String), (&'static str, String)> = HashMap::new();
+        if !mutes.is_empty() {
+            let mut qb: QueryBuilder<$db> =
+                QueryBuilder::new("SELECT id, customer_phone FROM events WHERE id IN (");
+            let mut list = qb.separated(", ");
+            for f in chunk {
+                list.push_bind(f.event_id);
+            }
+            qb.push(")");
+            let phones: HashMap<EventId, Option<String>> = qb
+                .build_query_as()
+                .fetch_all(&mut *$tx)
+                .await?
+                .into_iter()
+                .collect();
+            for f in chunk {
+                let phone = phones.get(&f.event_id).cloned().flatten();
+                for job in &f.jobs {
+                    if let Some(note) = sql::mute_note(mutes, &job.rule, phone.as_deref()) {
+                        held_back.insert((f.event_id, job.rule.clone()), ("muted", note));
+                    }
+                }
+            }
+        }
+        held_back
+    }};
+}
+pub(super) use muted_jobs;
 
 /// Mutes in force. Bind: now.
 pub(super) const ACTIVE_MUTES: &str = "SELECT scope, value, until, reason FROM mutes \
@@ -432,30 +471,7 @@ macro_rules! finish_events {
             if let Some(mut qb) = sql::insert_verdicts::<$db>(chunk, now) {
                 qb.build().execute(&mut *tx).await?;
             }
-            let mut held_back = std::collections::HashMap::new();
-            if !mutes.is_empty() {
-                let mut qb: QueryBuilder<$db> =
-                    QueryBuilder::new("SELECT id, customer_phone FROM events WHERE id IN (");
-                let mut list = qb.separated(", ");
-                for f in chunk {
-                    list.push_bind(f.event_id);
-                }
-                qb.push(")");
-                let phones: std::collections::HashMap<EventId, Option<String>> = qb
-                    .build_query_as()
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-                for f in chunk {
-                    let phone = phones.get(&f.event_id).cloned().flatten();
-                    for job in &f.jobs {
-                        if let Some(note) = sql::mute_note(&mutes, &job.rule, phone.as_deref()) {
-                            held_back.insert((f.event_id, job.rule.clone()), ("muted", note));
-                        }
-                    }
-                }
-            }
+            let mut held_back = sql::muted_jobs!($db, tx, &mutes, chunk);
             // Throttles apply in event order, so a later event of the batch sees an earlier
             // one's: round n opens the n-th request of each (rule, key) in one statement (keys
             // are independent of each other). A muted rule's throttle does not open.
@@ -494,7 +510,7 @@ macro_rules! finish_events {
                     }
                 }
             }
-            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, &held_back, now)? {
+            if let Some(mut qb) = sql::insert_jobs::<$db>(chunk, &held_back, now, None)? {
                 qb.build().execute(&mut *tx).await?;
             }
         }
@@ -853,49 +869,27 @@ pub(super) use list_evaluations;
 
 /// The body of `Store::insert_replay_jobs`.
 macro_rules! insert_replay_jobs {
-    ($pool:expr, $event_id:expr, $run:expr, $jobs:expr, $now:expr) => {{
+    ($db:ty, $pool:expr, $event_id:expr, $run:expr, $jobs:expr, $now:expr) => {{
         let (event_id, run, jobs, now): (EventId, &str, &[super::NewJob], Millis) =
             ($event_id, $run, $jobs, $now);
+        let replayed = Finished {
+            event_id,
+            ruleset_version: String::new(),
+            record: serde_json::Value::Null,
+            counter_hits: Vec::new(),
+            jobs: jobs.to_vec(),
+            throttles: Vec::new(),
+        };
+        let chunk = [&replayed];
         let mut tx = $pool.begin().await?;
         let mutes: Vec<(String, String, Millis, String)> = sqlx::query_as(sql::ACTIVE_MUTES)
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
-        let phone: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT customer_phone FROM events WHERE id = $1")
-                .bind(event_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let phone = phone.and_then(|(p,)| p);
+        let held_back = sql::muted_jobs!($db, tx, &mutes, &chunk[..]);
         let mut queued = 0;
-        for job in jobs {
-            let spec = serde_json::to_string(&job.spec).map_err(|e| StoreError::Corrupt {
-                what: "job spec",
-                message: e.to_string(),
-            })?;
-            let note = sql::mute_note(&mutes, &job.rule, phone.as_deref());
-            let status = if note.is_some() {
-                super::job_status::MUTED
-            } else {
-                super::job_status::PENDING
-            };
-            let done = sqlx::query(
-                "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, \
-                 status, note, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (idempotency_key) DO NOTHING",
-            )
-            .bind(format!("{}:{run}", job.idempotency_key(event_id)))
-            .bind(event_id)
-            .bind(&job.rule)
-            .bind(i64::from(job.action_index))
-            .bind(&job.kind)
-            .bind(spec)
-            .bind(status)
-            .bind(note)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            queued += done.rows_affected();
+        if let Some(mut qb) = sql::insert_jobs::<$db>(&chunk, &held_back, now, Some(run))? {
+            queued = qb.build().execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(queued)
