@@ -83,8 +83,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body whose rejection is an [`ApiError`] (400 `invalid_body`, with serde's
-/// message naming the field, line and column), not axum's plain-text answer.
+/// A JSON request body whose rejection is an [`ApiError`]: 400 `invalid_body` with serde's
+/// message naming the field, and its `line` and `column` (not axum's plain-text answer).
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
@@ -95,9 +95,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(JsonBody(value)),
-            Err(rejection) => Err(ApiError::bad_request("invalid_body", rejection.body_text())),
-        }
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::new(rejection.status(), "unreadable_body", rejection.body_text())
+            })?;
+        parse_json(&body).map(JsonBody)
     }
+}
+
+/// Parses a JSON request body, or says where it is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("the JSON body is not valid: {e}"))
+            .with("line", e.line())
+            .with("column", e.column())
+    })
 }

@@ -2,7 +2,7 @@
 //! against the running rules, as a dry run or for real) and `POST /v1/what-if` (what a candidate
 //! rules directory would change on the stored events of a time range).
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonBody};
 use crate::replay::{self, ReplayError, WhatIf};
 use crate::store::{Millis, now_millis};
 use axum::Json;
@@ -24,7 +24,7 @@ struct ReplayOne {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReplayRange {
+pub struct ReplayRange {
     since: String,
     until: Option<String>,
     dry_run: Option<bool>,
@@ -33,7 +33,7 @@ struct ReplayRange {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WhatIfBody {
+pub struct WhatIfBody {
     rules_dir: String,
     since: String,
     until: Option<String>,
@@ -46,15 +46,7 @@ fn body_or_default<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Api
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    parse_body(body)
-}
-
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("invalid_body", format!("the JSON body is not valid: {e}"))
-            .with("line", e.line())
-            .with("column", e.column())
-    })
+    super::error::parse_json(body)
 }
 
 /// A time, or a duration back from now (`7d`, `90m`).
@@ -108,9 +100,8 @@ pub async fn replay_event(
 
 pub async fn replay_range(
     State(state): State<AppState>,
-    body: Bytes,
+    JsonBody(request): JsonBody<ReplayRange>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ReplayRange = parse_body(&body)?;
     let now = now_millis();
     let since = parse_since("since", &request.since, now)?;
     let until = match &request.until {
@@ -164,9 +155,8 @@ pub async fn replay_range(
 
 pub async fn what_if(
     State(state): State<AppState>,
-    body: Bytes,
+    JsonBody(request): JsonBody<WhatIfBody>,
 ) -> Result<Json<replay::WhatIfReport>, ApiError> {
-    let request: WhatIfBody = parse_body(&body)?;
     let now = now_millis();
     let what_if = WhatIf {
         rules_dir: request.rules_dir.into(),
