@@ -45,9 +45,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(Self::handle))
             .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = format!("{}/hook", serve_on_loopback(app).await);
         (receiver, url)
     }
 

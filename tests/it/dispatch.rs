@@ -46,9 +46,7 @@ impl Udesk {
                 axum::routing::post(Self::handle),
             )
             .with_state(udesk.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let base = serve_on_loopback(app).await;
         (udesk, base)
     }
 
@@ -218,9 +216,7 @@ async fn a_new_task_can_go_to_a_signed_webhook_target_instead() {
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/crm", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("{}/crm", serve_on_loopback(app).await);
 
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(rules.path().join("cb.rhai"), CALLBACK_RULE).unwrap();

@@ -216,9 +216,7 @@ async fn a_posted_sample_ends_as_an_email_a_webhook_and_a_callback_task() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let chat_url = format!("http://{}/chat", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let chat_url = format!("{}/chat", serve_on_loopback(app).await);
     let server = TestServer::start_with(move |config| {
         config.rules_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
         config.smtp = Some(SmtpConfig {

@@ -34,9 +34,7 @@ async fn start_receiver() -> (Arc<Mutex<Deliveries>>, String) {
             axum::http::StatusCode::NO_CONTENT
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("{}/hook", serve_on_loopback(app).await);
     (deliveries, url)
 }
 

@@ -59,6 +59,15 @@ pub async fn test_database(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("sb.db").display())
 }
 
+/// Serves `app` on a free loopback port for the rest of the test (a webhook receiver, a stand-in
+/// peer); returns its base URL, `http://127.0.0.1:PORT`.
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
 pub const INGEST_TOKEN: &str = "test-ingest-token";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
