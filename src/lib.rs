@@ -182,7 +182,6 @@ pub async fn run(
     let instance_id = processor::owner_id();
     let metrics = Arc::new(metrics::Metrics::new());
     let committed = Arc::new(Notify::new());
-    let committed_wake = committed.clone();
     let mut wakers = delivery::worker::Wakers::default();
     let webhook_ready = wakers.of("webhook");
     let email_ready = wakers.of("email");
@@ -351,7 +350,7 @@ pub async fn run(
             tracing::info!("listening for work queued by other instances (LISTEN/NOTIFY)");
             Some(tokio::spawn(forward_wakeups(
                 wakeups,
-                committed_wake,
+                committed.clone(),
                 state.job_workers.clone(),
                 stop_delivery.clone(),
             )))
