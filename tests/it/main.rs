@@ -2,10 +2,12 @@
 
 mod browser;
 mod console;
+mod counters;
 mod crash;
 mod delivery;
 mod dispatch;
 mod email;
+mod faults;
 mod intake;
 mod props;
 mod rules;

@@ -1,0 +1,1 @@
+//! Windowed counters: every hit gets its exact ordinal, across processors and instances.

@@ -1,0 +1,1 @@
+//! Slow, greedy and malformed clients: timeouts, connection limits, JSON errors, bounded admin input.

@@ -1,0 +1,1 @@
+//! Runaway and hostile rules: time budget, action cap, symlinks outside the rules directory, what-if roots.
