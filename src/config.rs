@@ -98,6 +98,12 @@ pub struct Config {
     pub outbox_dir: PathBuf,
     /// Where each new callback task is sent, if anywhere.
     pub callback_dispatch: Option<CallbackDispatch>,
+    /// Limits every rule call runs under, in `serve` and in the rule tools alike
+    /// (`rule_time_budget_ms`, `rule_max_actions`).
+    pub rule_limits: crate::rules::RuleLimits,
+    /// Directories `POST /v1/what-if` may read candidate rules from (its `rules_dir` must be one
+    /// of them or inside one). Empty: what-if over the API is refused with a 400 that says so.
+    pub what_if_roots: Vec<PathBuf>,
 }
 
 /// Where a new callback task is sent (through the job queue), besides being stored.
@@ -190,6 +196,8 @@ impl Config {
             email_from: "Switchboard <switchboard@localhost>".into(),
             outbox_dir: PathBuf::from("./data/outbox"),
             callback_dispatch: None,
+            rule_limits: crate::rules::RuleLimits::default(),
+            what_if_roots: Vec::new(),
         }
     }
 
@@ -382,6 +390,9 @@ struct FileConfig {
     email_from: Option<String>,
     outbox_dir: Option<PathBuf>,
     callback_dispatch: Option<CallbackDispatchFile>,
+    rule_time_budget_ms: Option<u64>,
+    rule_max_actions: Option<usize>,
+    what_if_roots: Option<Vec<PathBuf>>,
 }
 
 /// `[callback_dispatch]`: exactly one of `webhook = "NAME"` or `[callback_dispatch.udesk]`.
@@ -512,6 +523,27 @@ impl FileConfig {
         }
         if let Some(vars) = self.rule_settings {
             config.rule_settings = vars;
+        }
+        if let Some(ms) = self.rule_time_budget_ms {
+            if !(1..=10_000).contains(&ms) {
+                return Err(ConfigError::invalid(
+                    "rule_time_budget_ms",
+                    format!("must be from 1 to 10000 (milliseconds), got {ms}"),
+                ));
+            }
+            config.rule_limits.time_budget = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.rule_max_actions {
+            if !(1..=1_000).contains(&n) {
+                return Err(ConfigError::invalid(
+                    "rule_max_actions",
+                    format!("must be from 1 to 1000, got {n}"),
+                ));
+            }
+            config.rule_limits.max_actions = n;
+        }
+        if let Some(roots) = self.what_if_roots {
+            config.what_if_roots = roots;
         }
         for (name, target) in self.webhooks.unwrap_or_default() {
             let secret = target

@@ -160,9 +160,10 @@ pub async fn run(
         database = %store::redact_url(config.database_url.expose()),
         "store ready"
     );
-    let rules = Arc::new(rules::Rules::load(
+    let rules = Arc::new(rules::Rules::load_with(
         &config.rules_dir,
         config.rule_settings.clone(),
+        config.rule_limits,
     ));
     log_rules(&rules);
     let _watch = rules::watch::watch(rules.clone(), |outcome| {
@@ -342,6 +343,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         instance_id: instance_id.clone(),
         rule_settings: config.rule_settings.clone(),
+        what_if_roots: config.what_if_roots.clone(),
         job_workers,
         metrics,
     };

@@ -153,9 +153,13 @@ struct RulesArg {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Rule variables (`[rule_settings]`) come from the configuration file, for the rule tools too.
+    // Rule variables (`[rule_settings]`) and limits come from the configuration file, for the
+    // rule tools too, so a rule behaves in `try`, `test` and what-if as it does in `serve`.
     let rule_settings = || -> anyhow::Result<_> {
         Ok(Config::load(&ServeArgs::default(), cli.config.as_deref())?.rule_settings)
+    };
+    let rule_limits = || -> anyhow::Result<_> {
+        Ok(Config::load(&ServeArgs::default(), cli.config.as_deref())?.rule_limits)
     };
     match cli.command {
         Command::Check(RulesArg { rules }) => {
@@ -164,7 +168,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if report.errors.is_empty() { 0 } else { 1 });
         }
         Command::Try { rules, payloads } => {
-            let rules = switchboard::rules::Rules::load(&rules.rules, rule_settings()?);
+            let rules = switchboard::rules::Rules::load_with(
+                &rules.rules,
+                rule_settings()?,
+                rule_limits()?,
+            );
             for status in rules.statuses() {
                 if let Some(error) = status.error {
                     eprintln!("warning: {error}");
@@ -187,7 +195,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Test(RulesArg { rules }) => {
-            let report = switchboard::rules::tools::run_tests(&rules, &rule_settings()?);
+            let report =
+                switchboard::rules::tools::run_tests(&rules, &rule_settings()?, rule_limits()?);
             println!("{report}");
             std::process::exit(if report.passed() { 0 } else { 1 });
         }
@@ -209,6 +218,7 @@ fn main() -> anyhow::Result<()> {
             let request = switchboard::replay::WhatIf {
                 rules_dir: rules,
                 settings: rule_settings()?,
+                limits: rule_limits()?,
                 since: switchboard::replay::parse_since(&since, now)
                     .map_err(|e| anyhow::anyhow!("--since {e}"))?,
                 until: match until {

@@ -209,6 +209,8 @@ pub async fn replay_range(
 pub struct WhatIf {
     pub rules_dir: PathBuf,
     pub settings: RuleSettings,
+    /// The limits the candidate rules run under (the running rules' own).
+    pub limits: crate::rules::RuleLimits,
     pub since: Millis,
     pub until: Millis,
     /// Most events compared.
@@ -238,7 +240,7 @@ pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfRe
     if !Path::new(&request.rules_dir).is_dir() {
         return Err(ReplayError::NoRulesDir(request.rules_dir.clone()));
     }
-    let candidate = Rules::load(&request.rules_dir, request.settings.clone());
+    let candidate = Rules::load_with(&request.rules_dir, request.settings.clone(), request.limits);
     let candidate_errors: Vec<CompileError> = candidate
         .statuses()
         .into_iter()

@@ -47,6 +47,8 @@ pub struct AppState {
     pub instance_id: String,
     /// Rule settings, for evaluating candidate rules (what-if) as the running ones are.
     pub rule_settings: crate::rules::RuleSettings,
+    /// Directories what-if may read candidate rules from.
+    pub what_if_roots: Vec<std::path::PathBuf>,
     /// Woken when an operator queues jobs (a real replay).
     pub job_workers: Arc<crate::delivery::worker::Wakers>,
     pub metrics: Arc<crate::metrics::Metrics>,

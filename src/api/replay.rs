@@ -153,14 +153,50 @@ pub async fn replay_range(
     })))
 }
 
+/// The candidate rules directory of a what-if request, if it is one of the configured
+/// `what_if_roots` or inside one (both resolved, so `..` and symlinks cannot step out).
+fn candidate_dir(
+    requested: &str,
+    roots: &[std::path::PathBuf],
+) -> Result<std::path::PathBuf, ApiError> {
+    let refuse = |message: String| {
+        ApiError::bad_request("invalid_parameter", message).with("parameter", "rules_dir")
+    };
+    if roots.is_empty() {
+        return Err(refuse(
+            "what-if reads candidate rules only from the directories listed in the \
+             configuration's what_if_roots, and none are configured"
+                .into(),
+        ));
+    }
+    let resolved = std::path::Path::new(requested)
+        .canonicalize()
+        .map_err(|e| refuse(format!("`{requested}` cannot be opened: {e}")))?;
+    if !resolved.is_dir() {
+        return Err(refuse(format!("`{requested}` is not a directory")));
+    }
+    let allowed = roots
+        .iter()
+        .filter_map(|root| root.canonicalize().ok())
+        .any(|root| resolved.starts_with(root));
+    if allowed {
+        Ok(resolved)
+    } else {
+        Err(refuse(format!(
+            "`{requested}` is outside the directories what-if may read (what_if_roots)"
+        )))
+    }
+}
+
 pub async fn what_if(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<WhatIfBody>,
 ) -> Result<Json<replay::WhatIfReport>, ApiError> {
     let now = now_millis();
     let what_if = WhatIf {
-        rules_dir: request.rules_dir.into(),
+        rules_dir: candidate_dir(&request.rules_dir, &state.what_if_roots)?,
         settings: state.rule_settings.clone(),
+        limits: state.rules.current().limits(),
         since: parse_since("since", &request.since, now)?,
         until: match &request.until {
             Some(until) => super::events::parse_instant("until", until)?,

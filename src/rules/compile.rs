@@ -44,6 +44,7 @@ pub fn build_engine(vars: Arc<RuleSettings>) -> Engine {
         .set_max_functions(limits::FUNCTIONS)
         .set_fail_on_invalid_map_property(false)
         .disable_symbol("eval");
+    engine.on_progress(super::budget::on_progress);
     engine.on_print(|_| {});
     engine.on_debug(|_, _, _| {});
 

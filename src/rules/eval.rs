@@ -3,10 +3,11 @@
 //! hits a limit is recorded as such; every other rule still runs.
 
 use super::actions::{self, ActionRequest};
+use super::budget::{self, RuleLimits};
 use super::compile::{CompiledRule, Throttle, throttle_from};
 use super::stdlib::{self, CounterHit, CounterSource};
 use crate::event::CallEvent;
-use rhai::{CallFnOptions, Dynamic, Engine, Scope};
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,8 @@ pub struct RuleSet {
     pub version: String,
     pub(super) rules: Vec<Arc<CompiledRule>>,
     pub(super) engine: Arc<Engine>,
+    /// The time budget per call and the action cap every rule of this set runs under.
+    pub(super) limits: RuleLimits,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -96,12 +99,18 @@ impl Evaluation {
 
 impl RuleSet {
     /// An empty rule set (no rules directory yet).
-    pub fn empty(engine: Arc<Engine>) -> Self {
+    pub fn empty(engine: Arc<Engine>, limits: RuleLimits) -> Self {
         RuleSet {
             version: "empty".into(),
             rules: Vec::new(),
             engine,
+            limits,
         }
+    }
+
+    /// The limits this set's rules run under.
+    pub fn limits(&self) -> RuleLimits {
+        self.limits
     }
 
     /// The rules in evaluation order.
@@ -207,11 +216,19 @@ impl RuleSet {
         ev: &Dynamic,
         scope: &mut Scope,
     ) -> Result<Option<(Vec<ActionRequest>, Option<Throttle>)>, String> {
+        let budget = self.limits.time_budget;
         let call = |scope: &mut Scope, name: &str| -> Result<Dynamic, String> {
             let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-            self.engine
-                .call_fn_with_options::<Dynamic>(options, scope, &rule.ast, name, (ev.clone(),))
-                .map_err(|e| format!("in `{name}`: {e}"))
+            budget::run_with(budget, || {
+                self.engine.call_fn_with_options::<Dynamic>(
+                    options,
+                    scope,
+                    &rule.ast,
+                    name,
+                    (ev.clone(),),
+                )
+            })
+            .map_err(|e| call_error(name, &e, budget))
         };
         let fired = call(scope, "when")?;
         let fired = fired
@@ -228,6 +245,14 @@ impl RuleSet {
         } else {
             vec![returned]
         };
+        let max_actions = self.limits.max_actions;
+        if list.len() > max_actions {
+            return Err(format!(
+                "`then` returned {} actions; a rule may ask for at most {max_actions} per event \
+                 (rule_max_actions)",
+                list.len()
+            ));
+        }
         let actions = list
             .iter()
             .map(actions::from_dynamic)
@@ -238,6 +263,32 @@ impl RuleSet {
             None
         };
         Ok(Some((actions, throttle)))
+    }
+}
+
+/// A failed call's message: where, and what. Running out of time is named as such (Rhai's own
+/// text for a stopped script says nothing about why).
+fn call_error(name: &str, error: &EvalAltResult, budget: std::time::Duration) -> String {
+    let mut inner = error;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, cause, _) = inner {
+        inner = cause;
+    }
+    match inner {
+        EvalAltResult::ErrorTerminated(token, pos)
+            if token.clone().into_string().ok().as_deref() == Some(budget::OUT_OF_TIME) =>
+        {
+            let at = if pos.is_none() {
+                String::new()
+            } else {
+                format!(" (stopped at {pos})")
+            };
+            format!(
+                "in `{name}`: the rule ran out of its time budget of {} ms per call{at} \
+                 (rule_time_budget_ms)",
+                budget.as_millis()
+            )
+        }
+        _ => format!("in `{name}`: {error}"),
     }
 }
 

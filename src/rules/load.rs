@@ -1,15 +1,18 @@
 //! Loading the rules directory and keeping it current: every `.rhai` file under it (subfolders
-//! too, hidden entries such as Kubernetes' `..data` skipped, symlinks followed) is compiled; a
-//! file that fails to compile never replaces the last good version of its rule; each change
-//! builds a new `RuleSet` that is swapped in whole.
+//! too, hidden entries such as Kubernetes' `..data` skipped) is compiled; a file that fails to
+//! compile never replaces the last good version of its rule; each change builds a new `RuleSet`
+//! that is swapped in whole. Only regular files inside the directory are read: a symlink counts
+//! when it resolves inside it (a ConfigMap's `..data` links do), and one that points outside, a
+//! loop, or anything that is not a regular file is reported as that entry's error.
 
+use super::budget::RuleLimits;
 use super::compile::{CompileError, CompiledRule, RuleSettings, RuleStats, build_engine, compile};
 use super::eval::RuleSet;
 use arc_swap::ArcSwap;
 use rhai::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +82,7 @@ impl ReloadOutcome {
 pub struct Rules {
     dir: PathBuf,
     engine: Arc<Engine>,
+    limits: RuleLimits,
     current: ArcSwap<RuleSet>,
     files: Mutex<BTreeMap<String, FileState>>,
     /// Rescans that changed the rule set, and files that failed to compile, since start.
@@ -87,12 +91,19 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Loads `dir` (which may not exist yet: the set is then empty until it does).
+    /// Loads `dir` (which may not exist yet: the set is then empty until it does), with the
+    /// default limits.
     pub fn load(dir: impl Into<PathBuf>, vars: RuleSettings) -> Rules {
+        Rules::load_with(dir, vars, RuleLimits::default())
+    }
+
+    /// Loads `dir`; every rule runs under `limits`.
+    pub fn load_with(dir: impl Into<PathBuf>, vars: RuleSettings, limits: RuleLimits) -> Rules {
         let engine = Arc::new(build_engine(Arc::new(vars)));
         let rules = Rules {
             dir: dir.into(),
-            current: ArcSwap::from_pointee(RuleSet::empty(engine.clone())),
+            current: ArcSwap::from_pointee(RuleSet::empty(engine.clone(), limits)),
+            limits,
             engine,
             files: Mutex::new(BTreeMap::new()),
             reloads: AtomicU64::new(0),
@@ -195,6 +206,7 @@ impl Rules {
                 version: version.clone(),
                 rules,
                 engine: self.engine.clone(),
+                limits: self.limits,
             }));
             self.reloads.fetch_add(1, Ordering::Relaxed);
             outcome.new_version = Some(version);
@@ -250,51 +262,122 @@ fn set_version(files: &BTreeMap<String, FileState>) -> String {
     hex::encode(&hasher.finalize()[..8])
 }
 
+/// Rule files larger than this are refused rather than read.
+pub const MAX_RULE_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Every `.rhai` file under `dir`, by path relative to it (with `/` separators), with its text
-/// or why it could not be read. Hidden entries (names starting with `.`) are skipped.
+/// or why it could not be read. Hidden entries (names starting with `.`) are skipped; symlinks
+/// count only when they resolve inside `dir`; an entry refused for that reason (or a loop, or a
+/// `.rhai` entry that is not a regular file) appears with its error, so it is not silently
+/// missing.
 pub fn read_rule_files(dir: &Path) -> BTreeMap<String, Result<String, String>> {
     let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out, 0);
+    let Ok(root) = dir.canonicalize() else {
+        return out; // no directory (yet): no rules
+    };
+    let mut walker = Walker {
+        root: root.clone(),
+        seen_dirs: HashSet::from([root.clone()]),
+        out: &mut out,
+    };
+    walker.walk(&root, "");
     out
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Result<String, String>>, depth: usize) {
-    if depth > 16 {
-        return; // a symlink loop
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue; // a dangling symlink (mid-swap): the next scan sees the new target
+struct Walker<'a> {
+    /// The rules directory, resolved.
+    root: PathBuf,
+    /// Directories read so far, resolved: a second way into one is a loop or a duplicate.
+    seen_dirs: HashSet<PathBuf>,
+    out: &'a mut BTreeMap<String, Result<String, String>>,
+}
+
+impl Walker<'_> {
+    /// Reads `dir` (resolved), whose path relative to the root is `prefix`. Plain entries come
+    /// before symlinks, each in name order, so which way into a directory counts is stable.
+    fn walk(&mut self, dir: &Path, prefix: &str) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
         };
-        if meta.is_dir() {
-            walk(root, &path, out, depth + 1);
-        } else if path.extension().is_some_and(|e| e == "rhai") {
-            let relative = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            let text = std::fs::read(&path)
-                .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|bytes| {
-                    String::from_utf8(bytes).map_err(|e| {
-                        format!(
-                            "not UTF-8 (first bad byte at offset {})",
-                            e.utf8_error().valid_up_to()
-                        )
-                    })
-                });
-            out.insert(relative, text);
+        let mut entries: Vec<(bool, String, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_link = entry.file_type().ok()?.is_symlink();
+                (!name.starts_with('.')).then(|| (is_link, name, entry.path()))
+            })
+            .collect();
+        entries.sort();
+        for (is_link, name, path) in entries {
+            let relative = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let is_rule = name.ends_with(".rhai");
+            let resolved = if is_link {
+                match path.canonicalize() {
+                    Ok(target) => target,
+                    // Dangling (mid-swap, or a loop of links): the next scan sees the new target.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        if is_rule {
+                            self.out
+                                .insert(relative, Err(format!("cannot follow the symlink: {e}")));
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                path.clone()
+            };
+            let Ok(meta) = std::fs::metadata(&resolved) else {
+                continue; // removed meanwhile
+            };
+            if is_link && !resolved.starts_with(&self.root) {
+                if is_rule || meta.is_dir() {
+                    self.out.insert(
+                        relative,
+                        Err("a symlink to outside the rules directory: not read".into()),
+                    );
+                }
+                continue;
+            }
+            if meta.is_dir() {
+                if self.seen_dirs.insert(resolved.clone()) {
+                    self.walk(&resolved, &relative);
+                } else {
+                    self.out.insert(
+                        relative,
+                        Err(
+                            "a symlink to a directory already read (a loop or a second way in): \
+                             not read again"
+                                .into(),
+                        ),
+                    );
+                }
+            } else if is_rule {
+                self.out.insert(relative, read_rule_file(&resolved, &meta));
+            }
         }
     }
+}
+
+fn read_rule_file(path: &Path, meta: &std::fs::Metadata) -> Result<String, String> {
+    if !meta.is_file() {
+        return Err("not a regular file: not read".into());
+    }
+    if meta.len() > MAX_RULE_FILE_BYTES {
+        return Err(format!(
+            "{} bytes: a rule file may be at most {MAX_RULE_FILE_BYTES} bytes",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 (first bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }

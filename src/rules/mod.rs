@@ -26,6 +26,7 @@
 //! - [`compile`] (PURE): the sandboxed engine and compiling one file.
 //! - [`eval`] (PURE): evaluating an event against a rule set.
 //! - [`actions`] (PURE): the actions rules return.
+//! - [`budget`] (PURE): the time budget per rule call and the cap on actions per rule.
 //! - [`stdlib`] (PURE): helpers (times, hours, regex, windowed counter).
 //! - [`prefilter`] (PURE): what `when` provably requires, to skip rules that cannot fire.
 //! - [`load`]: the rules directory, last good versions, atomic swaps.
@@ -34,6 +35,7 @@
 //! - [`whatif`] (PURE): what a candidate rule set would change on stored events.
 
 pub mod actions;
+pub mod budget;
 pub mod compile;
 pub mod eval;
 pub mod load;
@@ -44,6 +46,7 @@ pub mod watch;
 pub mod whatif;
 
 pub use actions::ActionRequest;
+pub use budget::RuleLimits;
 pub use compile::{CompileError, RuleSettings, Throttle};
 pub use eval::{EvalContext, Evaluation, RuleSet, RuleVerdict};
 pub use load::{ReloadOutcome, RuleState, RuleStatus, Rules};

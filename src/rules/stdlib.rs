@@ -73,6 +73,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `count_in_window(key, "5m")`: records this event under `key` and returns how many events
 /// were recorded under it within the window, this one included.
 pub fn count_in_window(key: &str, window: &str) -> RhaiResult<i64> {
+    let _store_wait = super::budget::pause(); // the store's time is not the rule's
     let window = parse_duration(window).map_err(|e| error(format!("count_in_window: {e}")))?;
     let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     STATE.with(|cell| {

@@ -155,7 +155,7 @@ impl fmt::Display for TestReport {
 }
 
 /// Runs every test case under `<dir>/tests/`.
-pub fn run_tests(dir: &Path, vars: &RuleSettings) -> TestReport {
+pub fn run_tests(dir: &Path, vars: &RuleSettings, limits: super::RuleLimits) -> TestReport {
     let mut report = TestReport::default();
     let tests_dir = dir.join("tests");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&tests_dir)
@@ -191,7 +191,7 @@ pub fn run_tests(dir: &Path, vars: &RuleSettings) -> TestReport {
         };
         let mut case_vars = vars.clone();
         case_vars.extend(file.settings);
-        let rules = Rules::load(dir, case_vars);
+        let rules = Rules::load_with(dir, case_vars, limits);
         for error in rules.statuses().into_iter().filter_map(|s| s.error) {
             report
                 .file_errors

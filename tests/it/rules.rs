@@ -49,7 +49,7 @@ fn shipped_rules_pass_their_test_cases() {
     let check = tools::check(&dir, Default::default());
     assert!(check.errors.is_empty(), "{check}");
     assert!(check.files >= 6, "{check}");
-    let report = tools::run_tests(&dir, &Default::default());
+    let report = tools::run_tests(&dir, &Default::default(), Default::default());
     assert!(report.passed(), "{report}");
     assert!(report.cases.len() >= 12, "{report}");
 }
@@ -71,7 +71,7 @@ fn a_wrong_expectation_fails_its_case() {
          [[case.actions]]\nkind = \"callback_task\"\nphone = \"2\"\n\
          [[case]]\nname = \"wrong match\"\nbody = '{\"queue_time\": 6}'\nmatched = [\"a\"]\n",
     );
-    let report = tools::run_tests(dir.path(), &Default::default());
+    let report = tools::run_tests(dir.path(), &Default::default(), Default::default());
     assert!(!report.passed());
     let failed: Vec<&str> = report
         .cases
@@ -201,7 +201,13 @@ fn runtime_errors_and_every_limit_stop_only_that_rule() {
         ")".repeat(200)
     );
     write(dir.path(), "depth.rhai", &deep_expression);
-    let loaded = Rules::load(dir.path(), Default::default());
+    // A time budget far beyond what any of these takes, so that each reaches its own limit
+    // (the time budget has its own test in the fault suite).
+    let limits = switchboard::rules::RuleLimits {
+        time_budget: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let loaded = Rules::load_with(dir.path(), Default::default(), limits);
     let depth = loaded
         .statuses()
         .into_iter()

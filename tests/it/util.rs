@@ -148,6 +148,8 @@ impl TestServer {
         config.admin_token = Some(Secret::new(ADMIN_TOKEN));
         config.processing_poll = Duration::from_millis(50);
         config.outbox_dir = dir.path().join("outbox");
+        // Tests hand what-if candidate directories made with `tempfile`.
+        config.what_if_roots = vec![std::env::temp_dir()];
         adjust(&mut config);
         Self::start_in(dir, config).await
     }
