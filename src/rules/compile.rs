@@ -127,6 +127,8 @@ pub struct RuleStats {
     pub evaluations: AtomicU64,
     pub matches: AtomicU64,
     pub errors: AtomicU64,
+    /// Evaluations the prefilter answered without running the rule (included in `evaluations`).
+    pub prefiltered: AtomicU64,
 }
 
 /// A compiled rule: its metadata, its functions, and its counters.

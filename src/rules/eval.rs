@@ -164,6 +164,9 @@ impl RuleSet {
                 };
                 if ctx.record_stats {
                     rule.stats.evaluations.fetch_add(1, Ordering::Relaxed);
+                    if cannot_fire {
+                        rule.stats.prefiltered.fetch_add(1, Ordering::Relaxed);
+                    }
                     if verdict.matched {
                         rule.stats.matches.fetch_add(1, Ordering::Relaxed);
                     }

@@ -29,20 +29,7 @@ async fn call(server: &TestServer, n: u64, call_result: &str, phone: &str) -> i6
 
 /// Waits until the event is processed and its jobs settled; returns its trace.
 async fn processed(server: &TestServer, id: i64) -> Value {
-    let path = format!("/v1/events/{id}");
-    eventually(
-        Duration::from_secs(10),
-        "the event to be processed",
-        || async {
-            let (_, trace) = server.admin_get(&path).await;
-            let settled = trace["jobs"]
-                .as_array()?
-                .iter()
-                .all(|j| !matches!(j["status"].as_str(), Some("pending" | "retrying")));
-            (trace["state"] == "processed" && settled).then_some(trace)
-        },
-    )
-    .await
+    server.settled_trace(id).await
 }
 
 async fn admin_post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {

@@ -156,17 +156,7 @@ async fn fire(server: &TestServer, n: u64) -> i64 {
 
 /// Waits until the event's webhook job is done or dead; returns the job.
 async fn settled_job(server: &TestServer, event: i64) -> Value {
-    let path = format!("/v1/events/{event}");
-    eventually(
-        Duration::from_secs(20),
-        "the webhook job to settle",
-        || async {
-            let (_, trace) = server.admin_get(&path).await;
-            let job = trace["jobs"].as_array()?.first()?.clone();
-            (job["status"] == "done" || job["status"] == "dead").then_some(job)
-        },
-    )
-    .await
+    server.settled_trace(event).await["jobs"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

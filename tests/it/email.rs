@@ -107,17 +107,8 @@ async fn service(smtp_port: Option<u16>) -> (TestServer, tempfile::TempDir) {
 async fn send_and_settle(server: &TestServer) -> serde_json::Value {
     let body = serde_json::json!({"call_id": "mail", "customer_phone": "13800138000", "nick_name": "山田 花子"});
     let (_, ack) = server.post(body.to_string(), None).await;
-    let path = format!("/v1/events/{}", ack["id"]);
-    eventually(
-        Duration::from_secs(20),
-        "the email job to settle",
-        || async {
-            let (_, trace) = server.admin_get(&path).await;
-            let job = trace["jobs"].as_array()?.first()?.clone();
-            (job["status"] == "done" || job["status"] == "dead").then_some(job)
-        },
-    )
-    .await
+    let id = ack["id"].as_i64().unwrap();
+    server.settled_trace(id).await["jobs"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

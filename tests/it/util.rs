@@ -214,6 +214,25 @@ impl TestServer {
         json_response(response).await
     }
 
+    /// Waits until event `id` is processed and every job it made has settled (none pending or
+    /// retrying); returns its trace (`GET /v1/events/{id}`).
+    pub async fn settled_trace(&self, id: i64) -> Value {
+        let path = format!("/v1/events/{id}");
+        eventually(
+            Duration::from_secs(30),
+            "the event to be processed and its jobs to settle",
+            || async {
+                let (_, trace) = self.admin_get(&path).await;
+                let settled = trace["jobs"]
+                    .as_array()?
+                    .iter()
+                    .all(|j| !matches!(j["status"].as_str(), Some("pending" | "retrying")));
+                (trace["state"] == "processed" && settled).then_some(trace)
+            },
+        )
+        .await
+    }
+
     /// Stops the service gracefully and returns its temp dir (database included).
     pub async fn stop(mut self) -> TempDir {
         let _ = self.stop.take().unwrap().send(());
