@@ -83,8 +83,9 @@ pub struct Config {
     pub rule_settings: crate::rules::RuleSettings,
     /// Named webhook targets rules refer to (`[webhooks.NAME]`).
     pub webhook_targets: BTreeMap<String, WebhookTarget>,
-    /// URL prefixes a rule may post to directly with `webhook(#{ url })`.
-    pub webhook_url_allowlist: Vec<String>,
+    /// URLs a rule may post to directly with `webhook(#{ url })`, or below them (scheme, host and
+    /// port exactly, the path on a segment boundary).
+    pub webhook_url_allowlist: Vec<crate::delivery::address::AllowedUrl>,
     /// Allow every target to resolve to loopback, private or link-local addresses (tests, local
     /// development). Off: only targets with `allow_private = true` may.
     pub allow_private_targets: bool,
@@ -553,6 +554,15 @@ impl FileConfig {
                 .map_err(|e| {
                     ConfigError::invalid("webhooks.*.secret", format!("target `{name}`: {e}"))
                 })?;
+            // The URL itself is not shown: it may carry a credential.
+            if !url::Url::parse(&target.url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            {
+                return Err(ConfigError::invalid(
+                    "webhooks.*.url",
+                    format!("target `{name}`: not an http or https URL"),
+                ));
+            }
             let method = target
                 .method
                 .unwrap_or_else(|| "POST".into())
@@ -604,7 +614,14 @@ impl FileConfig {
                     .map_err(|e| ConfigError::invalid("delivery.retry_schedule", e))?;
                 config.retry_schedule = Schedule { delays };
             }
-            config.webhook_url_allowlist = delivery.webhook_url_allowlist;
+            config.webhook_url_allowlist = delivery
+                .webhook_url_allowlist
+                .iter()
+                .map(|entry| crate::delivery::address::AllowedUrl::parse(entry))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    ConfigError::invalid("delivery.webhook_url_allowlist", e.to_string())
+                })?;
             config.allow_private_targets = delivery.allow_private_targets;
         }
         if let Some(dispatch) = self.callback_dispatch {
@@ -773,6 +790,45 @@ mod tests {
         assert!(err.to_string().contains("`crm`"), "{err}");
         let err = load("[callback_dispatch]\n").unwrap_err();
         assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod outbound_config {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Config::load(&ServeArgs::default(), Some(f.path()))
+    }
+
+    #[test]
+    fn allowlist_entries_are_parsed_as_urls_at_load() {
+        let config =
+            load("[delivery]\nwebhook_url_allowlist = [\"https://hooks.example.com/in\"]\n")
+                .unwrap();
+        let url = url::Url::parse("https://hooks.example.com/in/x").unwrap();
+        assert!(config.webhook_url_allowlist[0].admits(&url));
+        let err = load("[delivery]\nwebhook_url_allowlist = [\"https://ok.example/\", \"hooks.example.com\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.webhook_url_allowlist"), "{err}");
+        assert!(err.contains("`hooks.example.com`"), "{err}");
+        let err = load("[delivery]\nwebhook_url_allowlist = [\"https://h.example/?sig=s3cret\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn webhook_target_urls_must_be_http_and_are_not_echoed() {
+        let err = load("[webhooks.crm]\nurl = \"ftp://crm.internal/s3cret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`crm`") && !err.contains("s3cret"), "{err}");
+        assert!(load("[webhooks.crm]\nurl = \"https://crm.example/hook?k=1\"\n").is_ok());
     }
 }
 

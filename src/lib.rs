@@ -142,7 +142,10 @@ async fn forward_wakeups(
 /// Where dispatched tasks go, for the start-up log (no credentials).
 fn dispatch_target(dispatch: &config::CallbackDispatch) -> String {
     match dispatch {
-        config::CallbackDispatch::Udesk(api) => format!("Udesk web callback at {}", api.base_url),
+        config::CallbackDispatch::Udesk(api) => format!(
+            "Udesk web callback at {}",
+            delivery::address::redact(&api.base_url)
+        ),
         config::CallbackDispatch::Webhook(target) => format!("webhook target `{target}`"),
     }
 }

@@ -1,7 +1,8 @@
-//! Delivery of the actions matching rules ask for: the retry policy and request signing (PURE),
-//! the senders (email, webhook, Udesk web callback) and the workers that run the durable,
+//! Delivery of the actions matching rules ask for: the retry policy, request signing and where
+//! requests may go (PURE), the senders (email, webhook, Udesk web callback) and the workers that run the durable,
 //! retrying job queue.
 
+pub mod address;
 pub mod email;
 pub mod retry;
 pub mod signing;

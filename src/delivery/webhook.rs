@@ -1,14 +1,17 @@
 //! Webhook actions: `prepare` (PURE) turns a job into the exact request (target resolved from
-//! the config, body built, Standard Webhooks signature); `send` (I/O) moves the bytes and
-//! classifies the answer. Requests to loopback, private and link-local addresses are refused
-//! unless the target is allowed to make them (SSRF guard).
+//! the config, a rule's URL checked against the allowlist, body built, Standard Webhooks
+//! signature); `send` (I/O) moves the bytes and classifies the answer. Unless the target may
+//! reach private addresses, every address a request connects to is checked (SSRF guard: see
+//! [`super::address`]); redirects are never followed: a 3xx answer is a failed attempt naming
+//! its (redacted) `Location`.
 
+use super::address::{self, AllowedUrl, Refusal, redact};
 use super::retry::{AttemptResult, classify_http, parse_retry_after};
 use crate::config::WebhookTarget;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
+use url::Url;
 
 /// A request ready to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,20 +30,23 @@ pub struct PreparedRequest {
 pub enum PrepareError {
     #[error("no webhook target named `{0}` in the configuration ([webhooks.{0}])")]
     UnknownTarget(String),
+    /// The URL, redacted.
     #[error("URL `{0}` is not on the webhook allowlist (delivery.webhook_url_allowlist)")]
     NotAllowed(String),
     #[error("the job names neither a target nor a URL")]
     NoDestination,
+    /// The URL, redacted.
     #[error("invalid URL `{0}`")]
     BadUrl(String),
-    #[error("refused: `{0}` is a loopback, private or link-local address (SSRF guard)")]
-    PrivateAddress(String),
+    /// The target's name (its URL is a secret).
+    #[error("webhook target `{0}` has an invalid URL")]
+    BadTargetUrl(String),
 }
 
 /// What the delivery side knows besides the job itself.
 pub struct WebhookContext<'a> {
     pub targets: &'a BTreeMap<String, WebhookTarget>,
-    pub allowlist: &'a [String],
+    pub allowlist: &'a [AllowedUrl],
     pub allow_private: bool,
 }
 
@@ -94,12 +100,9 @@ pub fn prepare(
             )
         }
         (None, Some(url)) => {
-            if !ctx
-                .allowlist
-                .iter()
-                .any(|prefix| url.starts_with(prefix.as_str()))
-            {
-                return Err(PrepareError::NotAllowed(url.to_string()));
+            let parsed = Url::parse(url).map_err(|_| PrepareError::BadUrl(redact(url)))?;
+            if !ctx.allowlist.iter().any(|entry| entry.admits(&parsed)) {
+                return Err(PrepareError::NotAllowed(redact(url)));
             }
             (
                 "POST".to_string(),
@@ -110,16 +113,12 @@ pub fn prepare(
         }
         (None, None) => return Err(PrepareError::NoDestination),
     };
-    let allow_private = allow_private || ctx.allow_private;
-    let parsed = reqwest::Url::parse(&url).map_err(|_| PrepareError::BadUrl(redact(&url)))?;
-    if !allow_private
-        && let Some(ip) = parsed
-            .host_str()
-            .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
-        && !is_public(ip)
+    if let Some(name) = target
+        && Url::parse(&url).is_err()
     {
-        return Err(PrepareError::PrivateAddress(ip.to_string()));
+        return Err(PrepareError::BadTargetUrl(name.to_string()));
     }
+    let allow_private = allow_private || ctx.allow_private;
     Ok(PreparedRequest {
         method,
         url,
@@ -128,36 +127,6 @@ pub fn prepare(
         timeout,
         allow_private,
     })
-}
-
-/// Whether an address is fit for an outbound request without explicit permission.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        } // carrier-grade NAT
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || v6.to_ipv4_mapped().is_some_and(|v4| !is_public(IpAddr::V4(v4))))
-        }
-    }
-}
-
-/// A URL without its query string (signed URLs carry credentials there), for messages.
-pub fn redact(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
-    }
 }
 
 /// The result of one attempt, with the status code and the start of the body when there was an
@@ -173,25 +142,34 @@ pub struct Sent {
 /// How much of a response body an attempt keeps.
 pub const KEPT_BODY_BYTES: usize = 4096;
 
-/// Sends a prepared request. DNS answers are checked by the guarded client (see
-/// [`guarded_client`]) unless the request may reach private addresses.
+/// Sends a prepared request. Unless the request may reach private addresses, an IP literal in
+/// its URL is checked here and every DNS answer by the guarded client (see [`guarded_client`]):
+/// a refusal is a permanent failure, and nothing is sent. A redirect is not followed.
 pub async fn send(clients: &Clients, request: &PreparedRequest) -> Sent {
+    let failed = |result: AttemptResult| Sent {
+        result,
+        code: None,
+        body: Vec::new(),
+    };
+    let permanent = |reason: String| failed(AttemptResult::Permanent { reason });
+    let Ok(url) = Url::parse(&request.url) else {
+        return permanent(format!("invalid URL `{}`", redact(&request.url)));
+    };
+    if !request.allow_private
+        && let Err(refusal) = address::check_url(&url)
+    {
+        return permanent(refusal.to_string());
+    }
     let client = if request.allow_private {
         &clients.open
     } else {
         &clients.guarded
     };
     let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
-        return Sent {
-            result: AttemptResult::Permanent {
-                reason: format!("invalid HTTP method `{}`", request.method),
-            },
-            code: None,
-            body: Vec::new(),
-        };
+        return permanent(format!("invalid HTTP method `{}`", request.method));
     };
     let mut builder = client
-        .request(method, &request.url)
+        .request(method, url.clone())
         .timeout(request.timeout)
         .body(request.body.clone());
     for (name, value) in &request.headers {
@@ -200,24 +178,42 @@ pub async fn send(clients: &Clients, request: &PreparedRequest) -> Sent {
     match builder.send().await {
         Ok(mut response) => {
             let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let retry_after = header(reqwest::header::RETRY_AFTER)
+                .as_deref()
                 .and_then(parse_retry_after);
+            let location = header(reqwest::header::LOCATION);
             let mut body = Vec::new();
             // The answer counts once its status is in; a body cut short changes nothing.
             while let Ok(Some(chunk)) = response.chunk().await {
                 let room = KEPT_BODY_BYTES.saturating_sub(body.len());
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
+            let result = match classify_http(status, retry_after) {
+                AttemptResult::Permanent { .. } if (300..400).contains(&status) => {
+                    AttemptResult::Permanent {
+                        reason: redirect_reason(status, &url, location.as_deref()),
+                    }
+                }
+                result => result,
+            };
             Sent {
-                result: classify_http(status, retry_after),
+                result,
                 code: Some(i64::from(status)),
                 body,
             }
         }
         Err(error) => {
+            // A refusal by the guarded resolver is the whole story.
+            if let Some(refusal) = causes(&error).find_map(|c| c.downcast_ref::<Refusal>()) {
+                return permanent(refusal.to_string());
+            }
             let what = if error.is_timeout() {
                 "timed out"
             } else if error.is_connect() {
@@ -227,32 +223,38 @@ pub async fn send(clients: &Clients, request: &PreparedRequest) -> Sent {
             };
             // The causes say what went wrong (DNS, refused, TLS…); the URL is left out of the
             // text, since a signed URL carries credentials.
-            let mut causes = Vec::new();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                causes.push(cause.to_string());
-                source = cause.source();
-            }
-            let refused = causes.iter().any(|c| c.contains("SSRF guard"));
-            let reason = format!("{what}: {}", causes.join(": "));
-            Sent {
-                result: if refused {
-                    AttemptResult::Permanent { reason }
-                } else {
-                    AttemptResult::Transient {
-                        reason,
-                        retry_after: None,
-                    }
-                },
-                code: None,
-                body: Vec::new(),
-            }
+            let causes: Vec<String> = causes(&error).map(ToString::to_string).collect();
+            failed(AttemptResult::Transient {
+                reason: format!("{what}: {}", causes.join(": ")),
+                retry_after: None,
+            })
         }
     }
 }
 
+/// The causes of an error, outermost first (the error itself excluded).
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(error.source(), |cause| cause.source())
+}
+
+/// Why a 3xx answer failed the attempt: redirects are never followed (the next hop could be
+/// anywhere, a private address included). Names where it pointed, resolved against the request's
+/// URL and redacted.
+pub fn redirect_reason(status: u16, url: &Url, location: Option<&str>) -> String {
+    let to = match location.map(|l| url.join(l)) {
+        Some(Ok(next)) => format!("redirect to `{}`", redact(next.as_str())),
+        Some(Err(_)) => "redirect to an unreadable Location".to_string(),
+        None => "redirect without a Location".to_string(),
+    };
+    format!("HTTP {status}: {to} not followed (redirects are never followed; give the final URL)")
+}
+
 /// The two HTTP clients: `guarded` refuses host names that resolve to non-public addresses,
-/// `open` is for targets explicitly allowed to reach them.
+/// `open` is for targets explicitly allowed to reach them. Neither follows redirects nor uses a
+/// proxy from the environment (`HTTP_PROXY` and the like): the guard must see the address each
+/// request connects to.
 #[derive(Clone)]
 pub struct Clients {
     pub guarded: reqwest::Client,
@@ -263,15 +265,22 @@ impl Clients {
     pub fn new() -> Result<Clients, reqwest::Error> {
         Ok(Clients {
             guarded: guarded_client()?,
-            open: reqwest::Client::builder().build()?,
+            open: client_builder().build()?,
         })
     }
 }
 
-/// A client whose DNS resolution drops non-public addresses (and fails when none is left), so
-/// that a public-looking host name cannot be pointed at an internal service.
-pub fn guarded_client() -> Result<reqwest::Client, reqwest::Error> {
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+}
+
+/// A client whose DNS resolution keeps only public addresses (and fails when none is left), so
+/// that a public-looking host name cannot be pointed at an internal service: the connection goes
+/// to one of the addresses checked, never to a second lookup's answer.
+pub fn guarded_client() -> Result<reqwest::Client, reqwest::Error> {
+    client_builder()
         .dns_resolver(std::sync::Arc::new(PublicOnly))
         .build()
 }
@@ -282,16 +291,21 @@ impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| is_public(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                let message =
-                    format!("refused: `{host}` resolves to no public address (SSRF guard)");
-                return Err(message.into());
+            let (public, refused): (Vec<std::net::SocketAddr>, Vec<_>) =
+                tokio::net::lookup_host((host.as_str(), 0))
+                    .await?
+                    .partition(|a| address::is_public(a.ip()));
+            if public.is_empty() {
+                let refusal = match refused.first().map(|a| a.ip()) {
+                    Some(ip) => match address::non_public_range(ip) {
+                        Some(range) => Refusal::Resolved { host, ip, range },
+                        None => Refusal::Unresolved(host),
+                    },
+                    None => Refusal::Unresolved(host),
+                };
+                return Err(refusal.into());
             }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -345,9 +359,9 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_targets_unlisted_urls_and_private_addresses() {
+    fn refuses_unknown_targets_and_unlisted_urls_redacted() {
         let targets = [("local".to_string(), target("http://127.0.0.1:9/x"))].into();
-        let allowlist = vec!["https://hooks.example.com/".to_string()];
+        let allowlist = vec![AllowedUrl::parse("https://hooks.example.com/in").unwrap()];
         let ctx = WebhookContext {
             targets: &targets,
             allowlist: &allowlist,
@@ -358,41 +372,59 @@ mod tests {
             prepare(&ctx, Some("nope"), None, &body, "k", 0).unwrap_err(),
             PrepareError::UnknownTarget("nope".into())
         );
-        assert!(matches!(
-            prepare(&ctx, None, Some("https://evil.example.com/"), &body, "k", 0),
-            Err(PrepareError::NotAllowed(_))
-        ));
+        for url in [
+            "https://evil.example.com/in?sig=s3cret",
+            "https://hooks.example.com/inx?sig=s3cret",
+            "https://hooks.example.com.evil/in?sig=s3cret",
+            "http://hooks.example.com/in?sig=s3cret",
+        ] {
+            let error = prepare(&ctx, None, Some(url), &body, "k", 0).unwrap_err();
+            assert!(matches!(error, PrepareError::NotAllowed(_)), "{url}");
+            assert!(!error.to_string().contains("s3cret"), "{error}");
+        }
+        let error = prepare(&ctx, None, Some("no url?sig=s3cret"), &body, "k", 0).unwrap_err();
+        assert_eq!(error, PrepareError::BadUrl("no url?…".into()));
+        let ok = prepare(
+            &ctx,
+            None,
+            Some("https://hooks.example.com/in/a?sig=1"),
+            &body,
+            "k",
+            0,
+        )
+        .unwrap();
+        assert_eq!(ok.url, "https://hooks.example.com/in/a?sig=1");
+        assert!(!ok.allow_private);
+        // A private target is prepared; `send` refuses it unless it may reach private addresses.
         assert!(
-            prepare(
-                &ctx,
-                None,
-                Some("https://hooks.example.com/a?sig=1"),
-                &body,
-                "k",
-                0
-            )
-            .is_ok()
-        );
-        assert_eq!(
-            prepare(&ctx, Some("local"), None, &body, "k", 0).unwrap_err(),
-            PrepareError::PrivateAddress("127.0.0.1".into())
+            !prepare(&ctx, Some("local"), None, &body, "k", 0)
+                .unwrap()
+                .allow_private
         );
         let open = WebhookContext {
             allow_private: true,
             ..ctx
         };
-        assert!(prepare(&open, Some("local"), None, &body, "k", 0).is_ok());
-        for ip in [
-            "10.1.2.3",
-            "192.168.0.1",
-            "169.254.169.254",
-            "::1",
-            "fd00::1",
-            "100.64.0.1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        assert!(is_public("93.184.216.34".parse().unwrap()));
+        assert!(
+            prepare(&open, Some("local"), None, &body, "k", 0)
+                .unwrap()
+                .allow_private
+        );
+    }
+
+    #[test]
+    fn redirects_are_named_redacted() {
+        let url = Url::parse("https://hooks.example.com/in/hook?sig=1").unwrap();
+        assert_eq!(
+            redirect_reason(307, &url, Some("http://127.0.0.1:8080/x?sig=s3cret")),
+            "HTTP 307: redirect to `http://127.0.0.1:8080/x?…` not followed (redirects are never \
+             followed; give the final URL)"
+        );
+        assert!(
+            redirect_reason(302, &url, Some("../moved"))
+                .contains("`https://hooks.example.com/moved`")
+        );
+        assert!(redirect_reason(301, &url, Some("http://[::1")).contains("unreadable Location"));
+        assert!(redirect_reason(300, &url, None).contains("without a Location"));
     }
 }

@@ -69,7 +69,7 @@ pub trait Deliver: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct WebhookSettings {
     pub targets: Arc<BTreeMap<String, WebhookTarget>>,
-    pub allowlist: Arc<Vec<String>>,
+    pub allowlist: Arc<Vec<super::address::AllowedUrl>>,
     pub allow_private: bool,
 }
 
