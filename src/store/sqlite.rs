@@ -8,6 +8,7 @@ use super::{
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
+use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -49,6 +50,23 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A write that failed inside a transaction leaves the connection in doubt: its
+            // rollback may still be queued, or may itself have failed (SQLite may already have
+            // rolled back after a full disk or an I/O error, and sqlx then still counts the
+            // transaction as open, so its next BEGIN would only be a SAVEPOINT and its next
+            // COMMIT would commit nothing). Such a connection is closed, which rolls back
+            // whatever is left, and the next write gets a fresh one.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!(
+                            "a write failed inside a transaction; replacing the database connection"
+                        );
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
