@@ -33,14 +33,19 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens `sqlite://PATH` (creating the file and its folder on first run) and applies
-    /// migrations.
+    /// migrations. The URL may carry `?max_page_count=N`: the database cannot grow beyond N pages
+    /// (of 4 KiB), which makes a full disk without filling one.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let (url, max_page_count) = take_max_page_count(url)?;
+        let mut options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        if let Some(pages) = max_page_count {
+            options = options.pragma("max_page_count", pages.to_string());
+        }
         let path = options.get_filename();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -76,6 +81,39 @@ impl SqliteStore {
             .await?;
         Ok(Self { writer, reader })
     }
+}
+
+/// Removes `max_page_count=N` from a SQLite URL's query (sqlx does not know it): the URL without
+/// it, and N.
+fn take_max_page_count(url: &str) -> Result<(String, Option<u32>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut pages = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("max_page_count", value)) => {
+                let n = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        StoreError::InvalidUrlOption(format!(
+                            "max_page_count must be a whole number of pages above 0, not `{value}`"
+                        ))
+                    })?;
+                pages = Some(n);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, pages))
 }
 
 super::impl_store! {
@@ -198,5 +236,32 @@ super::impl_store! {
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_page_count_is_taken_out_of_the_url() {
+        assert_eq!(
+            take_max_page_count("sqlite://data/sb.db").unwrap(),
+            ("sqlite://data/sb.db".to_string(), None)
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://sb.db?max_page_count=300").unwrap(),
+            ("sqlite://sb.db".to_string(), Some(300))
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://sb.db?mode=rwc&max_page_count=300").unwrap(),
+            ("sqlite://sb.db?mode=rwc".to_string(), Some(300))
+        );
+        for bad in ["0", "-1", "x", ""] {
+            let error = take_max_page_count(&format!("sqlite://sb.db?max_page_count={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("max_page_count"), "{error}");
+        }
     }
 }
