@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ impl SqliteStore {
         if let Some(pages) = max_page_count {
             options = options.pragma("max_page_count", pages.to_string());
         }
-        let path = options.get_filename();
+        let path = options.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                 path: dir.display().to_string(),
@@ -73,12 +74,14 @@ impl SqliteStore {
                 })
             })
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|error| open_error(&path, error))?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
-            .await?;
+            .await
+            .map_err(|error| open_error(&path, error))?;
         Ok(Self { writer, reader })
     }
 }
@@ -114,6 +117,41 @@ fn take_max_page_count(url: &str) -> Result<(String, Option<u32>), StoreError> {
         format!("{base}?{}", rest.join("&"))
     };
     Ok((url, pages))
+}
+
+/// Why the database at `path` cannot be opened, with the path and, where the OS can tell, its
+/// reason: SQLite itself only says "unable to open database file".
+fn open_error(path: &Path, error: sqlx::Error) -> StoreError {
+    let reason = os_reason(path).unwrap_or_else(|| error.to_string());
+    StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// What the OS says when the database file is opened for writing, or (SQLite in WAL mode keeps
+/// its `-wal` and `-shm` files beside the database) when they are; `None` when all of that works.
+fn os_reason(path: &Path) -> Option<String> {
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
+    };
+    if let Err(error) = open(path) {
+        return Some(format!("it cannot be opened for writing: {error}"));
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(suffix);
+        let beside = std::path::PathBuf::from(beside);
+        if let Err(error) = open(&beside) {
+            return Some(format!("{} cannot be created: {error}", beside.display()));
+        }
+    }
+    None
 }
 
 super::impl_store! {
