@@ -221,6 +221,7 @@ pub async fn run(
                 committed.clone(),
                 job_workers.clone(),
                 metrics.clone(),
+                health.clone(),
                 processor::ProcessorConfig {
                     owner: format!("{instance_id}-p{n}"),
                     batch: 64,
@@ -255,6 +256,7 @@ pub async fn run(
             schedule.clone(),
             ready,
             metrics.clone(),
+            health.clone(),
             delivery::worker::WorkerConfig {
                 owner: instance_id.clone(),
                 batch: 64,
