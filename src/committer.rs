@@ -2,6 +2,7 @@
 //! whatever has queued up in one transaction, then answers every request of the batch. Under load
 //! batches grow by themselves, so the store does one fsync for many notifications.
 
+use crate::health::{WriteHealth, op};
 use crate::store::{Inserted, NewEvent, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -29,15 +30,24 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the commit task. `committed` is notified after each batch that stored a new event.
+    /// Starts the commit task. `committed` is notified after each batch that stored a new event;
+    /// `health` hears of every commit's outcome.
     pub fn spawn(
         store: Arc<dyn Store>,
         committed: Arc<Notify>,
         max_batch: usize,
         metrics: Arc<crate::metrics::Metrics>,
+        health: Arc<WriteHealth>,
     ) -> (Committer, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(max_batch.max(1) * 4);
-        let task = tokio::spawn(commit_loop(store, committed, rx, max_batch.max(1), metrics));
+        let task = tokio::spawn(commit_loop(
+            store,
+            committed,
+            rx,
+            max_batch.max(1),
+            metrics,
+            health,
+        ));
         (Committer { queue }, task)
     }
 
@@ -58,6 +68,7 @@ async fn commit_loop(
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
     metrics: Arc<crate::metrics::Metrics>,
+    health: Arc<WriteHealth>,
 ) {
     let mut events = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
@@ -69,7 +80,8 @@ async fn commit_loop(
         }
         let started = std::time::Instant::now();
         let inserted = store.insert_events(&events).await;
-        metrics.store_call("insert_events", started);
+        metrics.store_call(op::INSERT_EVENTS, started);
+        health.record(op::INSERT_EVENTS, &inserted);
         match inserted {
             Ok(results) => {
                 if results.iter().any(|r| !r.duplicate) {
@@ -81,6 +93,8 @@ async fn commit_loop(
                 }
             }
             Err(error) => {
+                // Nothing of the batch is stored (the transaction rolled back) and every sender
+                // hears so: none of them gets an acknowledgement.
                 tracing::error!(%error, batch = events.len(), "committing notifications failed");
                 let error = CommitError::Store(Arc::new(error));
                 for reply in replies.drain(..) {

@@ -1,6 +1,7 @@
 //! This instance's row in the store's `instances` table, refreshed every few seconds and on each
 //! rule reload, so that every instance sharing a database can see which rule set each one runs.
 
+use crate::health::{WriteHealth, op};
 use crate::rules::Rules;
 pub use crate::store::InstanceInfo;
 use crate::store::{Store, now_millis};
@@ -12,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps `me` current in the store (its rule set version and `seen_at`) until `shutdown`. A rule
-/// set change is reported within a second.
+/// set change is reported within a second; a failed write is tried again a second later. Each
+/// outcome goes to `health` (after an idle spell a success is the probe that writes work).
 pub async fn heartbeat(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
+    health: Arc<WriteHealth>,
     mut me: InstanceInfo,
     shutdown: CancellationToken,
 ) {
@@ -26,7 +29,9 @@ pub async fn heartbeat(
         if due || version != me.ruleset_version {
             me.ruleset_version = version;
             me.seen_at = now_millis();
-            match store.heartbeat(&me).await {
+            let beat = store.heartbeat(&me).await;
+            health.record(op::HEARTBEAT, &beat);
+            match beat {
                 Ok(()) => last_beat = Some(std::time::Instant::now()),
                 Err(error) => tracing::warn!(%error, "recording this instance's heartbeat failed"),
             }

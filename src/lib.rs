@@ -22,6 +22,7 @@
 //! - [`delivery`]: the retry policy and signing (PURE), the senders, and the job workers.
 //! - [`replay`]: replay and what-if over stored events.
 //! - [`instance`]: this process's heartbeat row: which rule set it runs.
+//! - [`health`]: whether the store takes this instance's writes (readiness), and retry backoff.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`api`]: the HTTP surface (`router(state)`), auth, errors, the OpenAPI document.
 //! - [`console`]: the embedded operator dashboard.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod console;
 pub mod delivery;
 pub mod event;
+pub mod health;
 pub mod instance;
 pub mod metrics;
 pub mod processor;
@@ -77,35 +79,43 @@ fn log_rules(rules: &rules::Rules) {
 }
 
 /// Every ten minutes, deletes counter hits older than `retention` and closed throttle windows,
-/// a bounded batch per statement (several instances doing it at once is harmless).
+/// a bounded batch per statement (several instances doing it at once is harmless). After a
+/// failed round the next one comes sooner: 30 s, doubling up to the ten minutes.
 async fn prune(
     store: Arc<dyn store::Store>,
     retention: std::time::Duration,
+    health: Arc<health::WriteHealth>,
     stop: CancellationToken,
 ) {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
     const BATCH: u32 = 5_000;
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut backoff = health::Backoff::new(std::time::Duration::from_secs(30), EVERY);
+    let mut next = EVERY;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = stop.cancelled() => break,
         }
+        next = EVERY;
         let mut pruned = 0;
         loop {
             let now = store::now_millis();
-            match store
+            let round = store
                 .prune(now.saturating_sub(retention_ms), now, BATCH)
-                .await
-            {
+                .await;
+            health.record(health::op::PRUNE, &round);
+            match round {
                 Ok(n) => {
+                    backoff.succeeded();
                     pruned += n;
                     if n < u64::from(BATCH) || stop.is_cancelled() {
                         break;
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "pruning old counter hits failed; will retry");
+                    next = backoff.failed();
+                    tracing::warn!(%error, retry_in_secs = next.as_secs(), "pruning old counter hits failed; will retry");
                     break;
                 }
             }
@@ -185,6 +195,7 @@ pub async fn run(
     });
     let instance_id = processor::owner_id();
     let metrics = Arc::new(metrics::Metrics::new());
+    let health = Arc::new(health::WriteHealth::new(metrics.clone()));
     let committed = Arc::new(Notify::new());
     let mut wakers = delivery::worker::Wakers::default();
     let webhook_ready = wakers.of("webhook");
@@ -203,6 +214,7 @@ pub async fn run(
         committed.clone(),
         config.commit_batch_max,
         metrics.clone(),
+        health.clone(),
     );
     let stop_processing = CancellationToken::new();
     let processor_tasks: Vec<_> = (0..config.processors)
@@ -213,6 +225,7 @@ pub async fn run(
                 committed.clone(),
                 job_workers.clone(),
                 metrics.clone(),
+                health.clone(),
                 processor::ProcessorConfig {
                     owner: format!("{instance_id}-p{n}"),
                     batch: 64,
@@ -247,6 +260,7 @@ pub async fn run(
             schedule.clone(),
             ready,
             metrics.clone(),
+            health.clone(),
             delivery::worker::WorkerConfig {
                 owner: instance_id.clone(),
                 batch: 64,
@@ -349,6 +363,7 @@ pub async fn run(
         what_if_roots: config.what_if_roots.clone(),
         job_workers,
         metrics,
+        health: health.clone(),
     };
     let wakeup_task = match store.listen().await? {
         Some(wakeups) => {
@@ -365,11 +380,13 @@ pub async fn run(
     let prune_task = tokio::spawn(prune(
         store.clone(),
         config.counter_retention,
+        health.clone(),
         stop_delivery.clone(),
     ));
     let heartbeat_task = tokio::spawn(instance::heartbeat(
         store.clone(),
         state.rules.clone(),
+        health,
         instance::InstanceInfo {
             id: instance_id,
             started_at: store::now_millis(),

@@ -39,7 +39,7 @@ pub struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreOpLabels {
     /// The store call: `insert_events`, `claim_events`, `finish_events`, `claim_jobs`,
-    /// `record_attempts`.
+    /// `record_attempts` (failures also `heartbeat`, `prune`).
     pub op: &'static str,
 }
 
@@ -68,6 +68,7 @@ pub struct Metrics {
     pub job_retries: Family<KindLabels, Counter>,
     pub jobs_dead_lettered: Family<KindLabels, Counter>,
     pub store_seconds: HistogramFamily<StoreOpLabels>,
+    pub store_failures: Family<StoreOpLabels, Counter>,
     // Read at scrape time.
     pub rule_reloads: Counter,
     pub rule_reload_errors: Counter,
@@ -98,6 +99,7 @@ impl Metrics {
             job_retries: Family::default(),
             jobs_dead_lettered: Family::default(),
             store_seconds: Family::new_with_constructor(latency_histogram),
+            store_failures: Family::default(),
             rule_reloads: Counter::default(),
             rule_reload_errors: Counter::default(),
             rules_broken: Gauge::default(),
@@ -154,6 +156,11 @@ impl Metrics {
             metrics.store_seconds.clone(),
         );
         r.register(
+            "store_failures",
+            "Store writes that failed (nothing of them was stored), by operation",
+            metrics.store_failures.clone(),
+        );
+        r.register(
             "rule_reloads",
             "Rule set reloads (a rules directory change that changed the rule set)",
             metrics.rule_reloads.clone(),
@@ -208,6 +215,13 @@ impl Metrics {
         self.store_seconds
             .get_or_create(&StoreOpLabels { op })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a failed store write.
+    pub fn store_failed(&self, op: &'static str) {
+        self.store_failures
+            .get_or_create(&StoreOpLabels { op })
+            .inc();
     }
 
     /// Sets a counter read from elsewhere (e.g. the rules' reload count) to `total`.

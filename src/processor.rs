@@ -4,6 +4,7 @@
 //! restart, and an expired lease lets another processor (or instance) take over.
 
 use crate::delivery::worker::Wakers;
+use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
 use crate::store::{Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent, now_millis};
@@ -29,17 +30,21 @@ pub struct ProcessorConfig {
     pub settle: Duration,
 }
 
-/// Runs until `shutdown` is cancelled, finishing the batch in hand first.
+/// Runs until `shutdown` is cancelled, finishing the batch in hand first. A store write that
+/// fails is logged and retried after a growing delay ([`Backoff`]); the loop never ends on one.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     wake: Arc<Notify>,
     workers: Arc<Wakers>,
     metrics: Arc<Metrics>,
+    health: Arc<WriteHealth>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
 ) {
     let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
+    let mut backoff = Backoff::store();
     while !shutdown.is_cancelled() {
         let now = now_millis();
         let lease = Lease {
@@ -49,24 +54,45 @@ pub async fn run(
         };
         let started = std::time::Instant::now();
         let claimed = store.claim_events(&lease, config.batch).await;
-        metrics.store_call("claim_events", started);
-        match claimed {
+        metrics.store_call(op::CLAIM_EVENTS, started);
+        health.record(op::CLAIM_EVENTS, &claimed);
+        let failed = match claimed {
             Ok(events) if !events.is_empty() => {
                 let full = events.len() == config.batch as usize;
-                for kind in process(&store, &rules, &metrics, &config.owner, events).await {
-                    workers.wake(&kind);
+                match process(&store, &rules, &metrics, &health, &lease, events, &shutdown).await {
+                    Some(kinds) => {
+                        backoff.succeeded();
+                        for kind in kinds {
+                            workers.wake(&kind);
+                        }
+                        if full {
+                            continue; // more is waiting
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(config.settle) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        continue;
+                    }
+                    None => true,
                 }
-                if full {
-                    continue; // more is waiting
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(config.settle) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
             }
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "claiming events failed; will retry"),
+            Ok(_) => {
+                backoff.succeeded();
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "claiming events failed; will retry");
+                true
+            }
+        };
+        if failed {
+            // Not the wake-up: under a steady stream of pushes it would retry at once.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.failed()) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
         }
         tokio::select! {
             _ = wake.notified() => {}
@@ -78,14 +104,18 @@ pub async fn run(
 
 /// Evaluates a batch of claimed events (on a blocking thread: evaluation is CPU work and reads
 /// counters synchronously) and records every evaluation, with its counter hits and jobs, in the
-/// one transaction that finishes the batch. Returns the kinds of the jobs it recorded.
+/// one transaction that finishes the batch. Returns the kinds of the jobs it recorded, or `None`
+/// when the batch could not be recorded: a failed write is retried while `lease` lasts (the
+/// events are still ours), after that the events are claimed and evaluated again.
 async fn process(
     store: &Arc<dyn Store>,
     rules: &Arc<Rules>,
     metrics: &Arc<Metrics>,
-    owner: &str,
+    health: &WriteHealth,
+    lease: &Lease,
     events: Vec<StoredEvent>,
-) -> std::collections::BTreeSet<String> {
+    shutdown: &CancellationToken,
+) -> Option<std::collections::BTreeSet<String>> {
     let count = events.len();
     let (store2, rules) = (store.clone(), rules.clone());
     let eval_metrics = metrics.clone();
@@ -114,31 +144,47 @@ async fn process(
         Ok(results) => results,
         Err(error) => {
             tracing::error!(%error, events = count, "evaluation task failed; the events will be retried after the lease");
-            return Default::default();
+            return None;
         }
     };
     log_rule_errors(&results);
-    let started = std::time::Instant::now();
-    let recorded = store.finish_events(&results, owner, now_millis()).await;
-    metrics.store_call("finish_events", started);
-    match recorded {
-        Ok(finished) => {
-            if finished.len() < results.len() {
-                tracing::warn!(
-                    lost = results.len() - finished.len(),
-                    "leases lost before finishing; another processor has those events"
-                );
+    let mut backoff = Backoff::store();
+    loop {
+        let started = std::time::Instant::now();
+        let recorded = store
+            .finish_events(&results, &lease.owner, now_millis())
+            .await;
+        metrics.store_call(op::FINISH_EVENTS, started);
+        health.record(op::FINISH_EVENTS, &recorded);
+        let error = match recorded {
+            Ok(finished) => {
+                if finished.len() < results.len() {
+                    tracing::warn!(
+                        lost = results.len() - finished.len(),
+                        "leases lost before finishing; another processor has those events"
+                    );
+                }
+                tracing::debug!(events = finished.len(), "events processed");
+                let kinds: std::collections::BTreeSet<String> = results
+                    .iter()
+                    .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
+                    .collect();
+                return Some(kinds);
             }
-            tracing::debug!(events = finished.len(), "events processed");
-            let kinds: std::collections::BTreeSet<String> = results
-                .iter()
-                .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
-                .collect();
-            kinds
+            Err(error) => error,
+        };
+        // A retry writes what the failed try would have: the transaction was all or nothing,
+        // and events whose lease went to another processor are left alone either way.
+        let delay = backoff.failed();
+        let retry_at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(0));
+        if retry_at >= lease.until || shutdown.is_cancelled() {
+            tracing::error!(%error, events = count, "recording processing failed; the events are processed again after their lease");
+            return None;
         }
-        Err(error) => {
-            tracing::error!(%error, events = count, "recording processing failed; will retry after the lease");
-            Default::default()
+        tracing::error!(%error, events = count, retry_in_ms = delay.as_millis() as u64, "recording processing failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
         }
     }
 }

@@ -6,6 +6,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+/// The `Retry-After` of every 503 answer, in seconds.
+pub const RETRY_AFTER_SECS: &str = "5";
+
 /// An error answer: status, a stable machine-readable `error` code and a human `message`, plus
 /// optional extra fields (e.g. `line` and `column` for JSON syntax errors).
 #[derive(Debug)]
@@ -77,6 +80,14 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        // A 503 is a failure of ours that a retry may get past (a full disk freed, a database
+        // back after a restart): say when to try again.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
         response

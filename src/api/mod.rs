@@ -52,6 +52,8 @@ pub struct AppState {
     /// Woken when an operator queues jobs (a real replay).
     pub job_workers: Arc<crate::delivery::worker::Wakers>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether the store takes this instance's writes (`/readyz`).
+    pub health: Arc<crate::health::WriteHealth>,
 }
 
 impl AppState {
@@ -171,18 +173,34 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    // Not ready while the intake's commits fail (a full disk, a lost database connection): a
+    // push would get 503. Ready again after a commit, or an idle spell's probe write, succeeds.
+    if let Some(failure) = state.health.intake_failure() {
+        return Err(not_ready(
+            "store_writes_failing",
+            format!(
+                "writing to the store fails ({}: {}); ready again once a write succeeds",
+                failure.op, failure.error
+            ),
+        )
+        .with("since", failure.since)
+        .with("failures", failure.failures));
+    }
     match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => Ok(Json(json!({"status": "ready"}))),
         Err(error) => {
             tracing::warn!(%error, "readiness check: store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "message": "store unreachable"})),
-            )
-                .into_response()
+            Err(not_ready("store_unreachable", "store unreachable"))
         }
     }
+}
+
+/// A 503 from `/readyz`, in the error shape, with `status` and the `reason` as a code.
+fn not_ready(reason: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+        .with("status", "unavailable")
+        .with("reason", reason)
 }
 
 async fn not_found(request: Request) -> ApiError {

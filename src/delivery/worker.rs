@@ -7,6 +7,7 @@
 use super::retry::{AttemptResult, Decision, Schedule, decide};
 use super::webhook::{self, Clients, WebhookContext};
 use crate::config::WebhookTarget;
+use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{AttemptLabels, KindLabels, Metrics};
 use crate::rules::ActionRequest;
 use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob, now_millis};
@@ -120,13 +121,16 @@ struct Made {
 ///
 /// Jobs are claimed while there is room (`max_in_flight`) and each runs on its own, so a slow
 /// target holds up only its own jobs. Finished attempts go to one recorder, which writes all that
-/// have arrived in one transaction: a few commits per second however many jobs complete.
+/// have arrived in one transaction: a few commits per second however many jobs complete. A store
+/// write that fails is logged and retried after a growing delay; the worker never ends on one.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: Arc<dyn Store>,
     deliver: Arc<dyn Deliver>,
     schedule: Arc<Schedule>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    health: Arc<WriteHealth>,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) {
@@ -134,12 +138,18 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let (made_tx, made_rx) = mpsc::channel::<Made>(config.max_in_flight.max(1));
     let recorder = tokio::spawn(record_loop(
-        store.clone(),
-        config.owner.clone(),
+        Recorder {
+            store: store.clone(),
+            owner: config.owner.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            kind: deliver.kind(),
+            lease: config.lease,
+            shutdown: shutdown.clone(),
+        },
         made_rx,
-        metrics.clone(),
-        deliver.kind(),
     ));
+    let mut backoff = Backoff::store();
     loop {
         // Wait for room for at least one attempt, then take what room there is.
         let first = tokio::select! {
@@ -160,18 +170,30 @@ pub async fn run(
             until: now.saturating_add(lease_ms),
         };
         let wanted = permits.len();
-        let claimed = match store
+        let started = Instant::now();
+        let claimed = store
             .claim_jobs(
                 &lease,
                 deliver.kind(),
                 u32::try_from(wanted).unwrap_or(u32::MAX),
             )
-            .await
-        {
-            Ok(jobs) => jobs,
+            .await;
+        metrics.store_call(op::CLAIM_JOBS, started);
+        health.record(op::CLAIM_JOBS, &claimed);
+        let claimed = match claimed {
+            Ok(jobs) => {
+                backoff.succeeded();
+                jobs
+            }
             Err(error) => {
                 tracing::error!(%error, kind = deliver.kind(), "claiming jobs failed; will retry");
-                Vec::new()
+                drop(permits);
+                // Not the wake-up: new jobs would have it retry at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.failed()) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
             }
         };
         let full = claimed.len() == wanted;
@@ -223,35 +245,71 @@ pub async fn run(
     let _ = recorder.await;
 }
 
-/// Records finished attempts, as many per transaction as have arrived.
-async fn record_loop(
+/// What the recorder writes with, and where it reports.
+struct Recorder {
     store: Arc<dyn Store>,
     owner: String,
-    mut made_rx: mpsc::Receiver<Made>,
     metrics: Arc<Metrics>,
+    health: Arc<WriteHealth>,
     kind: &'static str,
-) {
+    /// The workers' lease: a failed write is retried for this long, while the jobs are ours.
+    lease: Duration,
+    /// Once cancelled, a failed write is not retried (the jobs run again after their lease).
+    shutdown: CancellationToken,
+}
+
+/// Records finished attempts, as many per transaction as have arrived. A failed write is retried
+/// (the same attempts) while the jobs' leases last, so that a short store outage does not send
+/// them again; after that they run again once their lease expires.
+async fn record_loop(recorder: Recorder, mut made_rx: mpsc::Receiver<Made>) {
     const MOST_PER_COMMIT: usize = 512;
+    let Recorder {
+        store,
+        owner,
+        metrics,
+        health,
+        kind,
+        lease,
+        shutdown,
+    } = recorder;
     let mut made = Vec::with_capacity(MOST_PER_COMMIT);
     while made_rx.recv_many(&mut made, MOST_PER_COMMIT).await > 0 {
         let batch: Vec<FinishedAttempt> = made.iter().map(|m| m.done.clone()).collect();
-        let started = Instant::now();
-        let recorded = store.record_attempts(&owner, &batch).await;
-        metrics.store_call("record_attempts", started);
-        match recorded {
-            Ok(recorded) => {
-                for (m, recorded) in made.iter().zip(recorded) {
-                    log_recorded(&m.job, &m.done, recorded);
-                    if recorded {
-                        count_attempt(&metrics, kind, &m.done);
+        let give_up_at = Instant::now() + lease;
+        let mut backoff = Backoff::store();
+        loop {
+            let started = Instant::now();
+            let recorded = store.record_attempts(&owner, &batch).await;
+            metrics.store_call(op::RECORD_ATTEMPTS, started);
+            health.record(op::RECORD_ATTEMPTS, &recorded);
+            match recorded {
+                Ok(recorded) => {
+                    for (m, recorded) in made.iter().zip(recorded) {
+                        log_recorded(&m.job, &m.done, recorded);
+                        if recorded {
+                            count_attempt(&metrics, kind, &m.done);
+                        }
+                    }
+                    break;
+                }
+                Err(error) => {
+                    let delay = backoff.failed();
+                    if Instant::now() + delay >= give_up_at || shutdown.is_cancelled() {
+                        tracing::error!(
+                            jobs = made.len(), %error,
+                            "recording attempts failed; those jobs run again after their lease"
+                        );
+                        break;
+                    }
+                    tracing::error!(
+                        jobs = made.len(), %error, retry_in_ms = delay.as_millis() as u64,
+                        "recording attempts failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
                     }
                 }
-            }
-            Err(error) => {
-                tracing::error!(
-                    jobs = made.len(), %error,
-                    "recording attempts failed; those jobs run again after their lease"
-                );
             }
         }
         made.clear();

@@ -40,6 +40,10 @@ pub enum StoreError {
     },
     #[error("stored data could not be read back ({what}): {message}")]
     Corrupt { what: &'static str, message: String },
+    #[error("cannot open the SQLite database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("invalid database URL option: {0}")]
+    InvalidUrlOption(String),
 }
 
 /// A notification accepted by the intake, ready to be stored.

@@ -8,11 +8,13 @@ use super::{
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
+use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,15 +34,20 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens `sqlite://PATH` (creating the file and its folder on first run) and applies
-    /// migrations.
+    /// migrations. The URL may carry `?max_page_count=N`: the database cannot grow beyond N pages
+    /// (of 4 KiB), which makes a full disk without filling one.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let (url, max_page_count) = take_max_page_count(url)?;
+        let mut options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let path = options.get_filename();
+        if let Some(pages) = max_page_count {
+            options = options.pragma("max_page_count", pages.to_string());
+        }
+        let path = options.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                 path: dir.display().to_string(),
@@ -49,15 +56,102 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A write that failed inside a transaction leaves the connection in doubt: its
+            // rollback may still be queued, or may itself have failed (SQLite may already have
+            // rolled back after a full disk or an I/O error, and sqlx then still counts the
+            // transaction as open, so its next BEGIN would only be a SAVEPOINT and its next
+            // COMMIT would commit nothing). Such a connection is closed, which rolls back
+            // whatever is left, and the next write gets a fresh one.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!(
+                            "a write failed inside a transaction; replacing the database connection"
+                        );
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|error| open_error(&path, error))?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
-            .await?;
+            .await
+            .map_err(|error| open_error(&path, error))?;
         Ok(Self { writer, reader })
     }
+}
+
+/// Removes `max_page_count=N` from a SQLite URL's query (sqlx does not know it): the URL without
+/// it, and N.
+fn take_max_page_count(url: &str) -> Result<(String, Option<u32>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut pages = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("max_page_count", value)) => {
+                let n = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        StoreError::InvalidUrlOption(format!(
+                            "max_page_count must be a whole number of pages above 0, not `{value}`"
+                        ))
+                    })?;
+                pages = Some(n);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, pages))
+}
+
+/// Why the database at `path` cannot be opened, with the path and, where the OS can tell, its
+/// reason: SQLite itself only says "unable to open database file".
+fn open_error(path: &Path, error: sqlx::Error) -> StoreError {
+    let reason = os_reason(path).unwrap_or_else(|| error.to_string());
+    StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// What the OS says when the database file is opened for writing, or (SQLite in WAL mode keeps
+/// its `-wal` and `-shm` files beside the database) when they are; `None` when all of that works.
+fn os_reason(path: &Path) -> Option<String> {
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
+    };
+    if let Err(error) = open(path) {
+        return Some(format!("it cannot be opened for writing: {error}"));
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(suffix);
+        let beside = std::path::PathBuf::from(beside);
+        if let Err(error) = open(&beside) {
+            return Some(format!("{} cannot be created: {error}", beside.display()));
+        }
+    }
+    None
 }
 
 super::impl_store! {
@@ -180,5 +274,32 @@ super::impl_store! {
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_page_count_is_taken_out_of_the_url() {
+        assert_eq!(
+            take_max_page_count("sqlite://data/sb.db").unwrap(),
+            ("sqlite://data/sb.db".to_string(), None)
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://sb.db?max_page_count=300").unwrap(),
+            ("sqlite://sb.db".to_string(), Some(300))
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://sb.db?mode=rwc&max_page_count=300").unwrap(),
+            ("sqlite://sb.db?mode=rwc".to_string(), Some(300))
+        );
+        for bad in ["0", "-1", "x", ""] {
+            let error = take_max_page_count(&format!("sqlite://sb.db?max_page_count={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("max_page_count"), "{error}");
+        }
     }
 }
