@@ -105,6 +105,8 @@ pub struct Config {
     /// Directories `POST /v1/what-if` may read candidate rules from (its `rules_dir` must be one
     /// of them or inside one). Empty: what-if over the API is refused with a 400 that says so.
     pub what_if_roots: Vec<PathBuf>,
+    /// Limits on HTTP clients: header, body and request deadlines, most connections (`[http]`).
+    pub http: crate::api::HttpLimits,
 }
 
 /// Where a new callback task is sent (through the job queue), besides being stored.
@@ -199,6 +201,7 @@ impl Config {
             callback_dispatch: None,
             rule_limits: crate::rules::RuleLimits::default(),
             what_if_roots: Vec::new(),
+            http: crate::api::HttpLimits::default(),
         }
     }
 
@@ -255,6 +258,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.validate_http()?;
         Ok(())
     }
 }
@@ -394,6 +398,78 @@ struct FileConfig {
     rule_time_budget_ms: Option<u64>,
     rule_max_actions: Option<usize>,
     what_if_roots: Option<Vec<PathBuf>>,
+    http: Option<HttpFile>,
+}
+
+/// `[http]`: limits on HTTP clients; durations such as `"10s"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_connections: Option<usize>,
+}
+
+impl HttpFile {
+    fn apply(self, limits: &mut crate::api::HttpLimits) -> Result<(), ConfigError> {
+        let duration = |setting: &'static str, text: Option<String>, into: &mut Duration| {
+            if let Some(text) = text {
+                *into = crate::rules::stdlib::parse_duration(&text)
+                    .map_err(|e| ConfigError::invalid(setting, e))?;
+            }
+            Ok::<_, ConfigError>(())
+        };
+        duration(
+            "http.header_read_timeout",
+            self.header_read_timeout,
+            &mut limits.header_read_timeout,
+        )?;
+        duration(
+            "http.body_read_timeout",
+            self.body_read_timeout,
+            &mut limits.body_read_timeout,
+        )?;
+        duration(
+            "http.request_timeout",
+            self.request_timeout,
+            &mut limits.request_timeout,
+        )?;
+        if let Some(n) = self.max_connections {
+            limits.max_connections = n;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `[http]`: every deadline positive, the request's longer than the body's (so that a slow
+    /// body is answered 408, not taken for a slow service), at least one connection.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let http = &self.http;
+        for (setting, value) in [
+            ("http.header_read_timeout", http.header_read_timeout),
+            ("http.body_read_timeout", http.body_read_timeout),
+            ("http.request_timeout", http.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(setting, "must be longer than 0s"));
+            }
+        }
+        if http.request_timeout <= http.body_read_timeout {
+            return Err(ConfigError::invalid(
+                "http.request_timeout",
+                "must be longer than http.body_read_timeout",
+            ));
+        }
+        if http.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[callback_dispatch]`: exactly one of `webhook = "NAME"` or `[callback_dispatch.udesk]`.
@@ -624,6 +700,9 @@ impl FileConfig {
                 })?;
             config.allow_private_targets = delivery.allow_private_targets;
         }
+        if let Some(http) = self.http {
+            http.apply(&mut config.http)?;
+        }
         if let Some(dispatch) = self.callback_dispatch {
             config.callback_dispatch = Some(match (dispatch.webhook, dispatch.udesk) {
                 (Some(target), None) => {
@@ -829,6 +908,46 @@ mod outbound_config {
             .to_string();
         assert!(err.contains("`crm`") && !err.contains("s3cret"), "{err}");
         assert!(load("[webhooks.crm]\nurl = \"https://crm.example/hook?k=1\"\n").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod http_config {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Config::load(&ServeArgs::default(), Some(f.path()))
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_are_validated() {
+        let defaults = load("").unwrap().http;
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.request_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_connections, 1024);
+        let set = load(
+            "[http]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"5s\"\n\
+             request_timeout = \"1m\"\nmax_connections = 8\n",
+        )
+        .unwrap()
+        .http;
+        assert_eq!(set.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(set.max_connections, 8);
+        let err = load("[http]\nbody_read_timeout = \"2m\"\n").unwrap_err();
+        assert!(err.to_string().contains("http.request_timeout"), "{err}");
+        let err = load("[http]\nheader_read_timeout = \"0s\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("http.header_read_timeout"),
+            "{err}"
+        );
+        let err = load("[http]\nmax_connections = 0\n").unwrap_err();
+        assert!(err.to_string().contains("http.max_connections"), "{err}");
+        let err = load("[http]\nrequest_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("http.request_timeout"), "{err}");
     }
 }
 

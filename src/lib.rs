@@ -43,7 +43,6 @@ pub mod store;
 
 use config::Config;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -362,8 +361,9 @@ pub async fn run(
         rule_settings: config.rule_settings.clone(),
         what_if_roots: config.what_if_roots.clone(),
         job_workers,
-        metrics,
+        metrics: metrics.clone(),
         health: health.clone(),
+        http: config.http.clone(),
     };
     let wakeup_task = match store.listen().await? {
         Some(wakeups) => {
@@ -401,10 +401,8 @@ pub async fn run(
         },
         stop_delivery.clone(),
     ));
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = api::router(state);
+    api::serve::serve(listener, app, &config.http, metrics, shutdown).await;
     tracing::info!("stopped accepting requests; draining");
     // Every request (and so every committer handle) is gone: the commit task drains and ends.
     let _ = commit_task.await;
@@ -423,5 +421,5 @@ pub async fn run(
     }
     store.close().await;
     tracing::info!("store closed");
-    Ok(served?)
+    Ok(())
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub oldest_due_job_age_seconds: Gauge<f64, AtomicU64>,
     pub dead_jobs: Gauge,
     pub open_callback_tasks: Gauge,
+    /// The HTTP server's connections and timeouts.
+    pub http: HttpMetrics,
 }
 
 impl Default for Metrics {
@@ -108,6 +110,7 @@ impl Metrics {
             oldest_due_job_age_seconds: Gauge::default(),
             dead_jobs: Gauge::default(),
             open_callback_tasks: Gauge::default(),
+            http: HttpMetrics::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -200,6 +203,7 @@ impl Metrics {
             "Callback tasks open or claimed",
             metrics.open_callback_tasks.clone(),
         );
+        metrics.http.register(r);
         metrics
     }
 
@@ -238,6 +242,39 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `headers`, `body` or `request`.
+    pub phase: &'static str,
+}
+
+/// The HTTP server's own metrics: open connections, and requests cut off by a timeout.
+#[derive(Default)]
+pub struct HttpMetrics {
+    pub connections: Gauge,
+    pub timeouts: Family<PhaseLabels, Counter>,
+}
+
+impl HttpMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_connections",
+            "HTTP connections open now",
+            self.connections.clone(),
+        );
+        registry.register(
+            "http_timeouts",
+            "Requests cut off by a timeout, by phase: headers (connection closed), body (408), request (503)",
+            self.timeouts.clone(),
+        );
+    }
+
+    /// Counts a timeout in `phase`.
+    pub fn timeout(&self, phase: &'static str) {
+        self.timeouts.get_or_create(&PhaseLabels { phase }).inc();
     }
 }
 

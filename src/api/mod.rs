@@ -10,12 +10,14 @@ mod mutes;
 mod overview;
 mod replay;
 mod rules;
+pub mod serve;
 mod work;
 
 pub use auth::TokenSet;
 pub use error::{ApiError, JsonBody};
 pub use events::{EventPage, EventView};
 pub use intake::Ack;
+pub use serve::HttpLimits;
 
 use crate::committer::Committer;
 use crate::rules::Rules;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether the store takes this instance's writes (`/readyz`).
     pub health: Arc<crate::health::WriteHealth>,
+    /// Deadlines for request bodies and whole requests.
+    pub http: HttpLimits,
 }
 
 impl AppState {
@@ -67,8 +71,18 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    let body_limits = |intake| serve::BodyLimits {
+        timeout: state.http.body_read_timeout,
+        max_bytes: state.max_body_bytes,
+        metrics: state.metrics.clone(),
+        intake,
+    };
     let intake = Router::new()
         .route("/v1/notifications", post(intake::post_notification))
+        .route_layer(middleware::from_fn_with_state(
+            body_limits(true),
+            serve::read_body,
+        ))
         .layer(DefaultBodyLimit::max(state.max_body_bytes));
     let admin = Router::new()
         .route("/v1/events", get(events::list_events))
@@ -95,11 +109,16 @@ pub fn router(state: AppState) -> Router {
             post(work::complete_task),
         )
         .route("/v1/callback-tasks/{id}/cancel", post(work::cancel_task))
+        .route_layer(middleware::from_fn_with_state(
+            body_limits(false),
+            serve::read_body,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let health = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi));
+    let deadline = (state.http.request_timeout, state.metrics.clone());
     Router::new()
         .merge(intake)
         .merge(admin)
@@ -112,7 +131,11 @@ pub fn router(state: AppState) -> Router {
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, NextRequestId::default()))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn_with_state(
+                    deadline,
+                    serve::request_deadline,
+                )),
         )
 }
 
