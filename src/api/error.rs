@@ -115,11 +115,25 @@ where
     }
 }
 
-/// Parses a JSON request body, or says where it is wrong.
+/// Parses a JSON request body, or says where it is wrong (and which text is too long: no string
+/// in an admin body may exceed [`super::extract::MAX_TEXT`] bytes).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         ApiError::bad_request("invalid_body", format!("the JSON body is not valid: {e}"))
             .with("line", e.line())
             .with("column", e.column())
-    })
+    };
+    let parsed = serde_json::from_slice(body).map_err(invalid)?;
+    super::extract::check_texts(&serde_json::from_slice(body).map_err(invalid)?)?;
+    Ok(parsed)
+}
+
+/// An optional JSON request body: empty (or only whitespace) means every default.
+pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(body)
 }

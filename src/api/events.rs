@@ -2,10 +2,11 @@
 
 use super::work::JobView;
 use super::{ApiError, AppState};
+use super::{Path, Query};
 use crate::event::{CallEvent, Warning};
 use crate::store::{EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::HashMap;

@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod events;
+mod extract;
 mod intake;
 mod mutes;
 mod overview;
@@ -16,6 +17,7 @@ mod work;
 pub use auth::TokenSet;
 pub use error::{ApiError, JsonBody};
 pub use events::{EventPage, EventView};
+pub use extract::{MAX_DURATION, MAX_TEXT, Path, Query};
 pub use intake::Ack;
 pub use serve::HttpLimits;
 
@@ -129,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(
             tower::ServiceBuilder::new()
+                .map_request(drop_unplain_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, NextRequestId::default()))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -137,6 +140,29 @@ pub fn router(state: AppState) -> Router {
                     serve::request_deadline,
                 )),
         )
+}
+
+/// Longest `x-request-id` a client may choose.
+const MAX_REQUEST_ID: usize = 64;
+
+/// A client's `x-request-id` is kept only when short and plain (`[A-Za-z0-9._-]`, at most 64
+/// bytes, given once), so that it cannot forge log fields (`abc status=200 user=admin`) or bloat
+/// every log line; otherwise it is dropped and the request gets a fresh id.
+fn drop_unplain_request_id(mut request: Request) -> Request {
+    let values = request.headers().get_all(&REQUEST_ID);
+    let mut count = 0;
+    let plain = values.iter().all(|value| {
+        count += 1;
+        let id = value.as_bytes();
+        (1..=MAX_REQUEST_ID).contains(&id.len())
+            && id
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    });
+    if count > 0 && !(plain && count == 1) {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
 }
 
 /// The span every request's log lines carry: method, path (never the query) and request id.

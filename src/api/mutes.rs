@@ -3,9 +3,10 @@
 //! as jobs with status `muted` and the mute as their note, never run.
 
 use super::{ApiError, AppState, JsonBody};
+use super::{Path, Query};
 use crate::store::{Mute, now_millis};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -78,9 +79,14 @@ pub async fn add_mute(
     }
     let now = now_millis();
     let until = match (&body.until, &body.duration) {
-        (Some(until), None) => super::events::parse_instant("until", until)?,
+        (Some(until), None) => {
+            let until = super::events::parse_instant("until", until)?;
+            let ahead = u64::try_from(until.saturating_sub(now)).unwrap_or(0);
+            super::extract::check_duration("until", std::time::Duration::from_millis(ahead))?;
+            until
+        }
         (None, Some(duration)) => {
-            let d = crate::rules::stdlib::parse_duration(duration).map_err(|e| bad("for", e))?;
+            let d = super::extract::bounded_duration("for", duration)?;
             now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         }
         _ => {

@@ -1,10 +1,11 @@
 //! The console's at-a-glance endpoints: `GET /v1/overview` (counts for a recent window) and
 //! `GET /v1/instances` (every running instance and its rule set version, and whether they agree).
 
+use super::Query;
 use super::{ApiError, AppState};
 use crate::store::{InstanceInfo, now_millis};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 

@@ -2,12 +2,13 @@
 //! against the running rules, as a dry run or for real) and `POST /v1/what-if` (what a candidate
 //! rules directory would change on the stored events of a time range).
 
+use super::Path;
 use super::{ApiError, AppState, JsonBody};
 use crate::replay::{self, ReplayError, WhatIf};
 use crate::store::{Millis, now_millis};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -49,8 +50,11 @@ fn body_or_default<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Api
     super::error::parse_json(body)
 }
 
-/// A time, or a duration back from now (`7d`, `90m`).
+/// A time, or a duration back from now (`7d`, `90m`) of at most [`super::MAX_DURATION`].
 fn parse_since(name: &str, value: &str, now: Millis) -> Result<Millis, ApiError> {
+    if let Ok(ago) = crate::rules::stdlib::parse_duration(value) {
+        super::extract::check_duration(name, ago)?;
+    }
     replay::parse_since(value, now).map_err(|e| super::events::invalid(name, e))
 }
 

@@ -3,9 +3,11 @@
 //! claim, complete, cancel).
 
 use super::{ApiError, AppState, JsonBody};
+use super::{Path, Query};
 use crate::store::{CallbackTask, StoredAttempt, StoredJob, TaskQuery, now_millis};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -155,11 +157,11 @@ pub struct NoteBody {
 pub async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Option<Json<NoteBody>>,
+    body: Bytes,
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = id_of(&id, "job")?;
-    let note = body
-        .and_then(|Json(b)| b.note)
+    let note = super::error::parse_json_or_default::<NoteBody>(&body)?
+        .note
         .unwrap_or_else(|| "cancelled by an operator".into());
     if !state
         .store
