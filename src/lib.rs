@@ -59,6 +59,35 @@ pub enum ServeError {
     Http(String),
     #[error("email delivery could not be set up: {0}")]
     Mail(String),
+    #[error("cannot read the rules directory {}: {reason}", path.display())]
+    RulesDir {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// Start-up check of the rules directory: it may not exist yet (rules are loaded once it does),
+/// but when it does it must be a directory this process can list; otherwise start-up fails and
+/// says which path and why.
+fn check_rules_dir(dir: &std::path::Path) -> Result<(), ServeError> {
+    let failed = |reason: String| ServeError::RulesDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the rules directory does not exist (yet): no rules run until it does"
+            );
+            Ok(())
+        }
+        Err(e) => Err(failed(e.to_string())),
+        Ok(meta) if !meta.is_dir() => Err(failed("it is not a directory".into())),
+        Ok(_) => std::fs::read_dir(dir)
+            .map(drop)
+            .map_err(|e| failed(e.to_string())),
+    }
 }
 
 /// Logs the loaded rule set, and every rule that does not compile.
@@ -167,6 +196,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    check_rules_dir(&config.rules_dir)?;
     let store = store::open(config.database_url.expose()).await?;
     tracing::info!(
         database = %store::redact_url(config.database_url.expose()),
@@ -402,6 +432,9 @@ pub async fn run(
         stop_delivery.clone(),
     ));
     let app = api::router(state);
+    // Only now, with the store open and the rules loaded, is the service listening.
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, rules = %config.rules_dir.display(), "listening on {addr}");
     api::serve::serve(listener, app, &config.http, metrics, shutdown).await;
     tracing::info!("stopped accepting requests; draining");
     // Every request (and so every committer handle) is gone: the commit task drains and ends.

@@ -151,7 +151,36 @@ struct RulesArg {
     rules: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error is printed as one line (`error: what failed: why`) and the exit
+/// code is 1.
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: a cause whose text its context
+/// already quotes is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Rule variables (`[rule_settings]`) and limits come from the configuration file, for the
     // rule tools too, so a rule behaves in `try`, `test` and what-if as it does in `serve`.
@@ -451,8 +480,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, rules = %config.rules_dir.display(), "listening on {addr}");
+    // "listening on …" is logged by `run` once the store is open and the rules are loaded.
     switchboard::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
