@@ -45,6 +45,18 @@ pub fn check_duration(parameter: &str, duration: Duration) -> Result<(), ApiErro
     Ok(())
 }
 
+/// The latest time an admin input may name: the end of year 9999 (unix milliseconds).
+pub const LATEST_TIME_MS: i64 = 253_402_300_799_999;
+
+/// A 400 naming `parameter` when `ms` is past [`LATEST_TIME_MS`] (a calendar time, not a number
+/// near `i64::MAX` that later arithmetic could overflow).
+pub fn check_time(parameter: &str, ms: i64) -> Result<(), ApiError> {
+    if ms > LATEST_TIME_MS {
+        return Err(invalid(parameter, "is after the year 9999"));
+    }
+    Ok(())
+}
+
 /// Checks every string in a JSON body (values and keys, at any depth) against [`MAX_TEXT`];
 /// the error names the field (`note`, `a.b[2]`).
 pub fn check_texts(value: &Value) -> Result<(), ApiError> {
@@ -197,5 +209,7 @@ mod tests {
         );
         let error = bounded_duration("for", "99999999999999999999999d").unwrap_err();
         assert_eq!(error.extra["parameter"], "for");
+        assert!(check_time("until", LATEST_TIME_MS).is_ok());
+        assert!(check_time("until", LATEST_TIME_MS + 1).is_err());
     }
 }

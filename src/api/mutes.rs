@@ -81,8 +81,7 @@ pub async fn add_mute(
     let until = match (&body.until, &body.duration) {
         (Some(until), None) => {
             let until = super::events::parse_instant("until", until)?;
-            let ahead = u64::try_from(until.saturating_sub(now)).unwrap_or(0);
-            super::extract::check_duration("until", std::time::Duration::from_millis(ahead))?;
+            super::extract::check_time("until", until)?;
             until
         }
         (None, Some(duration)) => {

@@ -598,7 +598,7 @@ async fn every_error_is_json_and_admin_input_is_bounded() {
         ("for", "100000000000d"),
         ("for", "367d"),
         ("for", "99999999999999999999999d"),
-        ("until", "9999-01-01T00:00:00Z"),
+        ("until", "253402300800000"),
         ("until", "9223372036854775807"),
     ] {
         expect_error(
