@@ -212,7 +212,8 @@ pub(super) async fn request_deadline(
                 timeout = %humantime::format_duration(timeout),
                 "request timed out; its work goes on in the background"
             );
-            let mut response = ApiError::new(
+            // A 503: `ApiError` adds `Retry-After`.
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
                 format!(
@@ -220,11 +221,7 @@ pub(super) async fn request_deadline(
                     humantime::format_duration(timeout)
                 ),
             )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            .into_response()
         }
     }
 }

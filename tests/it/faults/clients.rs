@@ -385,7 +385,7 @@ async fn a_request_past_its_deadline_gets_503_json_and_the_store_finishes_its_wo
     let (status, body) = json_response(response).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "timeout", "{body}");
-    assert_eq!(retry_after.unwrap(), "1");
+    assert!(retry_after.is_some(), "no Retry-After");
     lock.release().await;
 
     // The write was not abandoned: it completes once the lock is gone.
