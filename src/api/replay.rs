@@ -175,7 +175,10 @@ fn candidate_dir(
     }
     let resolved = std::path::Path::new(requested)
         .canonicalize()
-        .map_err(|e| refuse(format!("`{requested}` cannot be opened: {e}")))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => refuse(format!("`{requested}` does not exist")),
+            _ => refuse(format!("`{requested}` cannot be opened: {e}")),
+        })?;
     if !resolved.is_dir() {
         return Err(refuse(format!("`{requested}` is not a directory")));
     }
