@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}", get(events::get_event))
         .route("/v1/events/{id}/replay", post(replay::replay_event))
+        .route("/v1/events/{id}/retry", post(events::retry_event))
+        .route("/v1/quarantine", get(events::list_quarantined))
         .route("/v1/replay", post(replay::replay_range))
         .route("/v1/what-if", post(replay::what_if))
         .route("/v1/overview", get(overview::overview))
