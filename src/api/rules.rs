@@ -49,7 +49,7 @@ pub async fn try_rules(
         tools::try_payload_with(&rules, &body, counters)
     })
     .await
-            .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
-            .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
+    .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
+    .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
     Ok(Json(evaluation))
 }

@@ -5,8 +5,8 @@ mod body;
 mod outcome;
 
 pub use body::{
-    BodyError, BodyFormat, MAX_NESTING, ParsedBody, json_type_name, nested_deeper_than,
-    parse_body, too_deep_at,
+    BodyError, BodyFormat, MAX_NESTING, ParsedBody, json_type_name, nested_deeper_than, parse_body,
+    too_deep_at,
 };
 pub use outcome::Outcome;
 

@@ -20,7 +20,8 @@ impl StoreError {
 
 fn sqlx_store_fault(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        {
             Some(pg) => postgres_fault(pg.code()),
             None => db
                 .code()

@@ -360,7 +360,10 @@ async fn intake_refuses_what_could_not_be_read_back_and_the_deepest_accepted_pus
         .map(|i| char::from_u32(0x4e00 + (i * 7_919) % 20_000).unwrap())
         .collect();
     let (status, ack) = server
-        .post(json!({"call_id": "long-phone", "customer_phone": long}).to_string(), None)
+        .post(
+            json!({"call_id": "long-phone", "customer_phone": long}).to_string(),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
     assert_eq!(ack["warnings"][0]["field"], "customer_phone", "{ack}");
