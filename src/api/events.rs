@@ -236,7 +236,7 @@ pub async fn retry_event(
     let read_failed = |e| ApiError::unavailable("reading the event failed", &e);
     let released = state
         .store
-        .retry_event(id, crate::store::now_millis())
+        .retry_event(id)
         .await
         .map_err(|e| ApiError::unavailable("retrying the event failed", &e))?;
     let stored = state

@@ -52,7 +52,7 @@ macro_rules! impl_store {
                 Ok(recorded)
             }
 
-            async fn retry_event(&self, id: EventId, _now: Millis) -> Result<bool, StoreError> {
+            async fn retry_event(&self, id: EventId) -> Result<bool, StoreError> {
                 let done = sqlx::query(super::quarantine::RETRY_EVENT)
                     .bind(id)
                     .execute(&self.$w)

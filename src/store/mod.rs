@@ -444,7 +444,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts a quarantined event back in the processing queue, due now, with its failures reset.
     /// False when the event is not quarantined.
-    async fn retry_event(&self, id: EventId, now: Millis) -> Result<bool, StoreError>;
+    async fn retry_event(&self, id: EventId) -> Result<bool, StoreError>;
 
     /// Quarantined events, newest first.
     async fn list_quarantined(&self, limit: u32) -> Result<Vec<QuarantinedEvent>, StoreError>;
