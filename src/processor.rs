@@ -149,8 +149,8 @@ struct Failed {
     reason: String,
 }
 
-/// Evaluates a batch of claimed events (on a blocking thread: evaluation is CPU work and reads
-/// counters synchronously) and records every evaluation, with its counter hits and jobs, in the
+/// Evaluates a batch of claimed events (on an evaluation thread: evaluation is CPU work, reads
+/// counters synchronously, and may need a deep stack) and records every evaluation, with its counter hits and jobs, in the
 /// one transaction that finishes the batch. An event that cannot be read back or evaluated, or
 /// whose evaluation the store refuses, is failed on its own (retried later, or quarantined)
 /// while the rest are recorded. Returns the kinds of the jobs it recorded.
@@ -353,7 +353,7 @@ async fn fail(
         Err(error) => tracing::error!(
             %error,
             events = failures.len(),
-            "recording failed processing attempts failed; the events will be retried after the lease"
+            "could not record failed processing attempts; the events will be retried after the lease"
         ),
     }
 }
