@@ -293,7 +293,9 @@ pub async fn list_quarantined(
     Ok(Json(serde_json::json!({ "events": events })))
 }
 
-fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
+/// The filters of `GET /v1/events?…` from its decoded query parameters (public for the fuzz
+/// target).
+pub fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
     let mut query = EventQuery {
         limit: DEFAULT_PAGE,
         ..Default::default()

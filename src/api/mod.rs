@@ -14,7 +14,7 @@ mod work;
 
 pub use auth::TokenSet;
 pub use error::{ApiError, JsonBody};
-pub use events::{EventPage, EventView};
+pub use events::{EventPage, EventView, parse_query as parse_event_query};
 pub use intake::Ack;
 
 use crate::committer::Committer;
