@@ -250,8 +250,9 @@ fn every_accepted_body_reads_back_and_evaluates() {
     if let Err(failure) = outcome {
         panic!("{failure}");
     }
+    let accepted = accepted.into_inner();
     runtime.block_on(async {
-        for id in accepted.borrow().iter() {
+        for id in &accepted {
             eventually(
                 Duration::from_secs(60),
                 "every accepted event to be processed",
