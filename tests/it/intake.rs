@@ -373,9 +373,9 @@ fn bad_and_odd_inputs() -> Vec<Case> {
         case(
             "NUL in a string",
             "{\"call_id\":\"n\",\"nick_name\":\"a\\u0000b\"}",
-            202,
-            None,
-            None,
+            400,
+            Some("invalid_text"),
+            Some("field `nick_name` holds a NUL character"),
         ),
         case("10k fields", many_fields, 202, None, None),
         case(
