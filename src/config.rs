@@ -71,6 +71,11 @@ pub struct Config {
     pub processing_lease: Duration,
     /// How often processors look for work when nothing wakes them (other instances' events).
     pub processing_poll: Duration,
+    /// Failed attempts to load or process an event before it is quarantined (kept out of
+    /// processing until an operator retries it); the rest of its batch goes on either way.
+    pub processing_max_failures: u32,
+    /// The wait after an event's first failed attempt; it doubles after each further one.
+    pub processing_retry_backoff: Duration,
     /// Processors per instance (each claims and evaluates a batch at a time). One keeps
     /// windowed counters exact: events are evaluated in order, each seeing every earlier hit.
     /// More help on PostgreSQL, where a processor mostly waits on round trips, at the price of
@@ -188,6 +193,8 @@ impl Config {
             commit_batch_max: 512,
             processing_lease: Duration::from_secs(30),
             processing_poll: Duration::from_secs(1),
+            processing_max_failures: 5,
+            processing_retry_backoff: Duration::from_millis(2000),
             processors: 1,
             counter_retention: Duration::from_secs(30 * 24 * 3600),
             rule_settings: Default::default(),
@@ -386,6 +393,8 @@ struct FileConfig {
     commit_batch_max: Option<usize>,
     processing_lease_secs: Option<u64>,
     processing_poll_ms: Option<u64>,
+    processing_max_failures: Option<u32>,
+    processing_retry_backoff_ms: Option<u64>,
     processors: Option<usize>,
     counter_retention: Option<String>,
     rule_settings: Option<crate::rules::RuleSettings>,
@@ -597,6 +606,18 @@ impl FileConfig {
         }
         if let Some(ms) = self.processing_poll_ms {
             config.processing_poll = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.processing_max_failures {
+            if n == 0 {
+                return Err(ConfigError::invalid(
+                    "processing_max_failures",
+                    "must be at least 1",
+                ));
+            }
+            config.processing_max_failures = n;
+        }
+        if let Some(ms) = self.processing_retry_backoff_ms {
+            config.processing_retry_backoff = Duration::from_millis(ms);
         }
         if let Some(vars) = self.rule_settings {
             config.rule_settings = vars;
@@ -852,6 +873,20 @@ mod tests {
         assert_eq!(load("").unwrap().processors, 1);
         let err = load("processors = 0\n").unwrap_err();
         assert!(err.to_string().contains("processors"), "{err}");
+    }
+
+    #[test]
+    fn processing_failures_are_bounded() {
+        let load = |text: &str| Config::load(&ServeArgs::default(), Some(file_with(text).path()));
+        let config = load("").unwrap();
+        assert_eq!(config.processing_max_failures, 5);
+        assert_eq!(config.processing_retry_backoff, Duration::from_secs(2));
+        let config =
+            load("processing_max_failures = 2\nprocessing_retry_backoff_ms = 50\n").unwrap();
+        assert_eq!(config.processing_max_failures, 2);
+        assert_eq!(config.processing_retry_backoff, Duration::from_millis(50));
+        let err = load("processing_max_failures = 0\n").unwrap_err();
+        assert!(err.to_string().contains("processing_max_failures"), "{err}");
     }
 
     #[test]

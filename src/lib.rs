@@ -261,6 +261,8 @@ pub async fn run(
                     lease: config.processing_lease,
                     poll: config.processing_poll,
                     settle: std::time::Duration::from_millis(10),
+                    max_failures: config.processing_max_failures,
+                    retry_backoff: config.processing_retry_backoff,
                 },
                 stop_processing.clone(),
             ))

@@ -371,6 +371,9 @@ async fn what_if_command(
         "{} events would change; {} not processed yet were skipped",
         report.report.events_changed, report.report.events_skipped
     );
+    for skipped in &report.unreadable {
+        println!("event {} skipped: {}", skipped.id, skipped.reason);
+    }
     for error in &report.candidate_errors {
         println!("candidate rule does not compile: {error}");
     }

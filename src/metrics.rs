@@ -62,6 +62,11 @@ pub struct Metrics {
     pub notifications: Family<NotificationLabels, Counter>,
     pub decode_warnings: Counter,
     pub evaluation_seconds: Histogram,
+    /// Failed attempts to load or process an event, and events quarantined after too many.
+    pub event_failures: Counter,
+    pub events_quarantined: Counter,
+    /// Read at scrape time: events in quarantine now.
+    pub quarantined_events: Gauge,
     pub rule_matches: Family<RuleLabels, Counter>,
     pub rule_errors: Family<RuleLabels, Counter>,
     pub job_attempts: Family<AttemptLabels, Counter>,
@@ -95,6 +100,9 @@ impl Metrics {
             notifications: Family::default(),
             decode_warnings: Counter::default(),
             evaluation_seconds: latency_histogram(),
+            event_failures: Counter::default(),
+            events_quarantined: Counter::default(),
+            quarantined_events: Gauge::default(),
             rule_matches: Family::default(),
             rule_errors: Family::default(),
             job_attempts: Family::default(),
@@ -127,6 +135,21 @@ impl Metrics {
             "evaluation_seconds",
             "Time to evaluate one event against the rule set",
             metrics.evaluation_seconds.clone(),
+        );
+        r.register(
+            "event_failures",
+            "Failed attempts to load or process an event (each is retried after a backoff)",
+            metrics.event_failures.clone(),
+        );
+        r.register(
+            "events_quarantined",
+            "Events quarantined after failing too many times",
+            metrics.events_quarantined.clone(),
+        );
+        r.register(
+            "quarantined_events",
+            "Events in quarantine now, waiting for an operator's retry",
+            metrics.quarantined_events.clone(),
         );
         r.register(
             "rule_matches",

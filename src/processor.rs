@@ -1,13 +1,18 @@
 //! Processing of accepted events, decoupled from intake: processors claim unprocessed events from
 //! the store under a lease, evaluate each against the current rule set, and record the
 //! evaluations with the jobs they ask for. Events accepted before a crash are claimed after
-//! restart, and an expired lease lets another processor (or instance) take over.
+//! restart, and an expired lease lets another processor (or instance) take over. An event that
+//! fails to load or to process is retried on its own after a backoff and quarantined after too
+//! many failures; the rest of its batch goes on.
 
 use crate::delivery::worker::Wakers;
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
-use crate::store::{Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent, now_millis};
+use crate::store::{
+    EventFailure, EventNext, Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent,
+    now_millis,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +33,32 @@ pub struct ProcessorConfig {
     /// After a batch that was not full, wait this long before claiming again, so that under a
     /// steady stream of notifications batches grow instead of one transaction per commit.
     pub settle: Duration,
+    /// Failed attempts before an event is quarantined.
+    pub max_failures: u32,
+    /// The wait after an event's first failure; doubled after each further one.
+    pub retry_backoff: Duration,
+}
+
+/// The longest wait between two attempts at an event, however many failures.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// What becomes of an event that failed for the `failures`-th time (PURE): retried after
+/// `backoff` doubled per earlier failure (at most [`MAX_RETRY_BACKOFF`]), or quarantined once
+/// `failures` reaches `max_failures`.
+pub fn after_failure(
+    failures: i64,
+    max_failures: u32,
+    backoff: Duration,
+    now: Millis,
+) -> EventNext {
+    if failures >= i64::from(max_failures) {
+        return EventNext::Quarantine;
+    }
+    let doublings = u32::try_from(failures.saturating_sub(1).clamp(0, 31)).unwrap_or(31);
+    let wait = backoff
+        .saturating_mul(1u32 << doublings)
+        .min(MAX_RETRY_BACKOFF);
+    EventNext::RetryAt(now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)))
 }
 
 /// Runs until `shutdown` is cancelled, finishing the batch in hand first. A store write that
@@ -59,7 +90,15 @@ pub async fn run(
         let failed = match claimed {
             Ok(events) if !events.is_empty() => {
                 let full = events.len() == config.batch as usize;
-                match process(&store, &rules, &metrics, &health, &lease, events, &shutdown).await {
+                let batch = Batch {
+                    store: &store,
+                    metrics: &metrics,
+                    health: &health,
+                    config: &config,
+                    lease: &lease,
+                    shutdown: &shutdown,
+                };
+                match process(&batch, &rules, events).await {
                     Some(kinds) => {
                         backoff.succeeded();
                         for kind in kinds {
@@ -102,25 +141,87 @@ pub async fn run(
     }
 }
 
-/// Evaluates a batch of claimed events (on a blocking thread: evaluation is CPU work and reads
-/// counters synchronously) and records every evaluation, with its counter hits and jobs, in the
-/// one transaction that finishes the batch. Returns the kinds of the jobs it recorded, or `None`
-/// when the batch could not be recorded: a failed write is retried while `lease` lasts (the
-/// events are still ours), after that the events are claimed and evaluated again.
+/// What processing one claimed batch works with.
+struct Batch<'a> {
+    store: &'a Arc<dyn Store>,
+    metrics: &'a Arc<Metrics>,
+    health: &'a WriteHealth,
+    config: &'a ProcessorConfig,
+    lease: &'a Lease,
+    shutdown: &'a CancellationToken,
+}
+
+/// The stack of the threads rules run on. A rule may build data nested as deep as its size
+/// limits allow (about 11,000 levels of arrays and maps), and Rhai checks, copies and drops
+/// such data recursively: far more stack than a runtime thread's 2 MiB. Only the pages used
+/// are ever touched.
+const EVALUATION_STACK_BYTES: usize = 256 << 20;
+
+/// Why evaluation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluationThreadError {
+    #[error("could not start an evaluation thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("the evaluation thread panicked")]
+    Panicked,
+}
+
+/// Runs rule evaluation (`work`) on a thread of its own with a deep stack (see
+/// [`EVALUATION_STACK_BYTES`]), and waits for its result without blocking the runtime. `work`
+/// may block on the runtime (windowed counters read the store).
+pub async fn on_evaluation_thread<T, F>(work: F) -> Result<T, EvaluationThreadError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("rule-evaluation".into())
+        .stack_size(EVALUATION_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(EvaluationThreadError::Spawn)?;
+    rx.await.map_err(|_| EvaluationThreadError::Panicked)
+}
+
+/// An event of the batch that failed this time, and why.
+struct Failed {
+    event_id: i64,
+    /// Failures before this one.
+    failures: i64,
+    reason: String,
+}
+
+/// Evaluates a batch of claimed events (on an evaluation thread: evaluation is CPU work, reads
+/// counters synchronously, and may need a deep stack) and records every evaluation, with its counter hits and jobs, in the
+/// one transaction that finishes the batch. An event that cannot be read back or evaluated, or
+/// whose evaluation the store refuses, is failed on its own (retried later, or quarantined)
+/// while the rest are recorded. Returns the kinds of the jobs it recorded, or `None` when the
+/// batch could not be recorded because the store failed: a failed write is retried while the
+/// lease lasts (the events are still ours), after that the events are claimed and evaluated
+/// again.
 async fn process(
-    store: &Arc<dyn Store>,
+    batch: &Batch<'_>,
     rules: &Arc<Rules>,
-    metrics: &Arc<Metrics>,
-    health: &WriteHealth,
-    lease: &Lease,
     events: Vec<StoredEvent>,
-    shutdown: &CancellationToken,
 ) -> Option<std::collections::BTreeSet<String>> {
+    let (store, metrics, config) = (batch.store, batch.metrics, batch.config);
     let count = events.len();
+    let (events, unreadable): (Vec<StoredEvent>, Vec<StoredEvent>) =
+        events.into_iter().partition(|e| e.unreadable.is_none());
+    let mut failed: Vec<Failed> = unreadable
+        .into_iter()
+        .map(|e| Failed {
+            event_id: e.id,
+            failures: e.failures,
+            reason: e.unreadable.unwrap_or_default(),
+        })
+        .collect();
     let (store2, rules) = (store.clone(), rules.clone());
     let eval_metrics = metrics.clone();
     let handle = tokio::runtime::Handle::current();
-    let evaluated = tokio::task::spawn_blocking(move || {
+    let evaluated = on_evaluation_thread(move || {
         let ruleset = rules.current();
         let counters = Arc::new(StoreCounters::new(store2, handle));
         events
@@ -132,12 +233,24 @@ async fn process(
                     record_stats: true,
                     prefilter: true,
                 };
-                let evaluation = ruleset.evaluate(&event.event, &ctx);
+                // Rules are sandboxed and each one's panic is caught, but nothing outside them
+                // may take the batch down either: a panic fails this event only.
+                let evaluation = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ruleset.evaluate(&event.event, &ctx)
+                }))
+                .map_err(|panic| Failed {
+                    event_id: event.id,
+                    failures: event.failures,
+                    reason: format!("evaluation panicked: {}", panic_message(&*panic)),
+                })?;
                 counters.add(&evaluation);
                 metrics_for(&eval_metrics, &evaluation);
-                finished(event.id, event.received_at, evaluation)
+                Ok((
+                    event.failures,
+                    finished(event.id, event.received_at, evaluation),
+                ))
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<Result<(i64, Finished), Failed>>>()
     })
     .await;
     let results = match evaluated {
@@ -147,16 +260,53 @@ async fn process(
             return None;
         }
     };
+    let mut results_ok = Vec::with_capacity(results.len());
+    let mut failures_of = HashMap::new();
+    for result in results {
+        match result {
+            Ok((failures, finished)) => {
+                failures_of.insert(finished.event_id, failures);
+                results_ok.push(finished);
+            }
+            Err(failure) => failed.push(failure),
+        }
+    }
+    let results = results_ok;
     log_rule_errors(&results);
+    let recorded = record(batch, &results, &failures_of, &mut failed).await?;
+    if !failed.is_empty() {
+        fail(store, metrics, config, failed).await;
+    }
+    Some(
+        recorded
+            .iter()
+            .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
+            .collect(),
+    )
+}
+
+/// Records the evaluations of a batch in one transaction. When the store refuses the batch for
+/// its data (not because it is down), each event is recorded on its own, and those it still
+/// refuses are added to `failed`. Returns the evaluations recorded, or `None` when the store
+/// failed (not the data) past the lease.
+async fn record<'a>(
+    batch: &Batch<'_>,
+    results: &'a [Finished],
+    failures_of: &HashMap<i64, i64>,
+    failed: &mut Vec<Failed>,
+) -> Option<Vec<&'a Finished>> {
+    let (store, metrics, lease) = (batch.store, batch.metrics, batch.lease);
+    let owner = lease.owner.as_str();
+    if results.is_empty() {
+        return Some(Vec::new());
+    }
     let mut backoff = Backoff::store();
-    loop {
+    let error = loop {
         let started = std::time::Instant::now();
-        let recorded = store
-            .finish_events(&results, &lease.owner, now_millis())
-            .await;
+        let outcome = store.finish_events(results, owner, now_millis()).await;
         metrics.store_call(op::FINISH_EVENTS, started);
-        health.record(op::FINISH_EVENTS, &recorded);
-        let error = match recorded {
+        batch.health.record(op::FINISH_EVENTS, &outcome);
+        let error = match outcome {
             Ok(finished) => {
                 if finished.len() < results.len() {
                     tracing::warn!(
@@ -165,28 +315,120 @@ async fn process(
                     );
                 }
                 tracing::debug!(events = finished.len(), "events processed");
-                let kinds: std::collections::BTreeSet<String> = results
-                    .iter()
-                    .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
-                    .collect();
-                return Some(kinds);
+                return Some(results.iter().collect());
             }
             Err(error) => error,
         };
+        if !error.is_store_fault() {
+            break error;
+        }
         // A retry writes what the failed try would have: the transaction was all or nothing,
         // and events whose lease went to another processor are left alone either way.
         let delay = backoff.failed();
         let retry_at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(0));
-        if retry_at >= lease.until || shutdown.is_cancelled() {
-            tracing::error!(%error, events = count, "recording processing failed; the events are processed again after their lease");
+        if retry_at >= lease.until || batch.shutdown.is_cancelled() {
+            tracing::error!(%error, events = results.len(), "recording processing failed; the events are processed again after their lease");
             return None;
         }
-        tracing::error!(%error, events = count, retry_in_ms = delay.as_millis() as u64, "recording processing failed; retrying");
+        tracing::error!(%error, events = results.len(), retry_in_ms = delay.as_millis() as u64, "recording processing failed; retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => {}
+            _ = batch.shutdown.cancelled() => {}
+        }
+    };
+    if let [result] = results {
+        failed.push(Failed {
+            event_id: result.event_id,
+            failures: failures_of.get(&result.event_id).copied().unwrap_or(0),
+            reason: format!("recording its evaluation failed: {error}"),
+        });
+        return Some(Vec::new());
+    }
+    tracing::warn!(%error, events = results.len(), "the store refused a batch of evaluations; recording them one by one");
+    let mut recorded = Vec::new();
+    for result in results {
+        match store
+            .finish_events(std::slice::from_ref(result), owner, now_millis())
+            .await
+        {
+            Ok(_) => recorded.push(result),
+            Err(error) if error.is_store_fault() => {
+                tracing::error!(%error, "recording processing failed; will retry after the lease");
+                return None;
+            }
+            Err(error) => failed.push(Failed {
+                event_id: result.event_id,
+                failures: failures_of.get(&result.event_id).copied().unwrap_or(0),
+                reason: format!("recording its evaluation failed: {error}"),
+            }),
         }
     }
+    Some(recorded)
+}
+
+/// Records failed attempts: each event waits for its backoff, or is quarantined.
+async fn fail(
+    store: &Arc<dyn Store>,
+    metrics: &Metrics,
+    config: &ProcessorConfig,
+    failed: Vec<Failed>,
+) {
+    let now = now_millis();
+    let failures: Vec<EventFailure> = failed
+        .into_iter()
+        .map(|f| {
+            let failures = f.failures.saturating_add(1);
+            EventFailure {
+                event_id: f.event_id,
+                failures,
+                next: after_failure(failures, config.max_failures, config.retry_backoff, now),
+                reason: f.reason,
+            }
+        })
+        .collect();
+    match store.fail_events(&failures, &config.owner, now).await {
+        Ok(recorded) => {
+            for (failure, recorded) in failures.iter().zip(recorded) {
+                if !recorded {
+                    continue; // another processor holds it now
+                }
+                metrics.event_failures.inc();
+                match failure.next {
+                    EventNext::Quarantine => {
+                        metrics.events_quarantined.inc();
+                        tracing::error!(
+                            event = failure.event_id,
+                            failures = failure.failures,
+                            reason = %failure.reason,
+                            "event quarantined: it failed too many times; the rest of the queue goes on (POST /v1/events/{{id}}/retry puts it back)"
+                        );
+                    }
+                    EventNext::RetryAt(at) => tracing::warn!(
+                        event = failure.event_id,
+                        failures = failure.failures,
+                        max_failures = config.max_failures,
+                        retry_in_ms = at - now,
+                        reason = %failure.reason,
+                        "processing an event failed; it will be retried on its own"
+                    ),
+                }
+            }
+        }
+        Err(error) => tracing::error!(
+            %error,
+            events = failures.len(),
+            "could not record failed processing attempts; the events will be retried after the lease"
+        ),
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Counts an evaluation: its latency, and each rule that matched or failed.
@@ -370,4 +612,33 @@ pub fn owner_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     format!("{host}-pid{}-{started:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_then_quarantine() {
+        let backoff = Duration::from_secs(2);
+        assert_eq!(
+            after_failure(1, 5, backoff, 1_000),
+            EventNext::RetryAt(3_000)
+        );
+        assert_eq!(
+            after_failure(2, 5, backoff, 1_000),
+            EventNext::RetryAt(5_000)
+        );
+        assert_eq!(
+            after_failure(4, 5, backoff, 1_000),
+            EventNext::RetryAt(17_000)
+        );
+        assert_eq!(after_failure(5, 5, backoff, 1_000), EventNext::Quarantine);
+        assert_eq!(after_failure(1, 1, backoff, 1_000), EventNext::Quarantine);
+        // Many failures allowed: the wait stops growing at an hour.
+        assert_eq!(
+            after_failure(40, 100, backoff, 0),
+            EventNext::RetryAt(3_600_000)
+        );
+    }
 }

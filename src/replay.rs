@@ -1,11 +1,12 @@
 //! Replay and what-if over stored events: reads them from the store, evaluates them (on a
 //! blocking thread) against the running rules (replay) or a candidate rules directory (what-if),
 //! and reports; a real replay queues new jobs under keys that never collide with the first run.
+//! Events whose stored row cannot be read back are skipped and named in the answer.
 
 use crate::processor::{HistoricCounters, finished};
 use crate::rules::whatif::{Comparison, EventRef, Report};
 use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
-use crate::store::{EventQuery, Millis, Store, StoreError, StoredEvent, now_millis};
+use crate::store::{EventQuery, Millis, Store, StoreError, StoredEvent, Unreadable, now_millis};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub enum ReplayError {
     NoRulesDir(PathBuf),
     #[error("evaluation failed: {0}")]
     Evaluation(String),
+    #[error("event {} cannot be evaluated: {}", .0.id, .0.reason)]
+    Unreadable(Unreadable),
 }
 
 /// A start time: a duration back from `now` (`7d`, `90m`), unix milliseconds, RFC 3339, or
@@ -88,15 +91,33 @@ async fn events_between(
     }
 }
 
-/// Evaluates events against `ruleset` on a blocking thread; windowed counters count what each
-/// event saw when it came in (the hits of earlier events), and no hit is stored.
+/// Splits events into those that can be evaluated and those whose stored row could not be read
+/// back.
+fn readable(events: Vec<StoredEvent>) -> (Vec<StoredEvent>, Vec<Unreadable>) {
+    let mut unreadable = Vec::new();
+    let events = events
+        .into_iter()
+        .filter(|event| match event.readable() {
+            Ok(_) => true,
+            Err(skipped) => {
+                unreadable.push(skipped);
+                false
+            }
+        })
+        .collect();
+    (events, unreadable)
+}
+
+/// Evaluates events (readable ones only: see [`readable`]) against `ruleset` on a blocking
+/// thread; windowed counters count what each event saw when it came in (the hits of earlier
+/// events), and no hit is stored.
 async fn evaluate_all(
     store: Arc<dyn Store>,
     ruleset: Arc<RuleSet>,
     events: Vec<StoredEvent>,
 ) -> Result<Vec<(StoredEvent, Evaluation)>, ReplayError> {
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    crate::processor::on_evaluation_thread(move || {
         events
             .into_iter()
             .map(|event| {
@@ -137,7 +158,8 @@ pub struct Replayed {
 }
 
 /// Replays events against the running rules: a dry run reports only; a real run queues the
-/// actions as new jobs (run id `replay-<unix ms>`).
+/// actions as new jobs (run id `replay-<unix ms>`). Events that cannot be read back are left
+/// out: see [`readable`].
 pub async fn replay(
     store: Arc<dyn Store>,
     rules: &Rules,
@@ -145,6 +167,7 @@ pub async fn replay(
     dry_run: bool,
 ) -> Result<Vec<Replayed>, ReplayError> {
     let run = format!("replay-{}", now_millis());
+    let (events, _) = readable(events);
     let evaluated = evaluate_all(store.clone(), rules.current(), events).await?;
     let mut replayed = Vec::with_capacity(evaluated.len());
     for (event, evaluation) in evaluated {
@@ -184,12 +207,23 @@ pub async fn replay_event(
         .get_event(id)
         .await?
         .ok_or(ReplayError::NoSuchEvent(id))?;
+    event.readable().map_err(ReplayError::Unreadable)?;
     let mut replayed = replay(store, rules, vec![event], dry_run).await?;
     replayed.pop().ok_or(ReplayError::NoSuchEvent(id))
 }
 
+/// A replay of a time range.
+#[derive(Debug)]
+pub struct RangeReplay {
+    pub replayed: Vec<Replayed>,
+    /// The limit cut the range short.
+    pub truncated: bool,
+    /// Events of the range that could not be read back, so were not replayed.
+    pub unreadable: Vec<Unreadable>,
+}
+
 /// Replays the events received in `[since, until)` (at most `limit`, newest first); also says
-/// whether the limit cut the range short.
+/// whether the limit cut the range short, and which events could not be read back.
 pub async fn replay_range(
     store: Arc<dyn Store>,
     rules: &Rules,
@@ -197,11 +231,16 @@ pub async fn replay_range(
     until: Millis,
     limit: u32,
     dry_run: bool,
-) -> Result<(Vec<Replayed>, bool), ReplayError> {
+) -> Result<RangeReplay, ReplayError> {
     let mut events = Vec::new();
     let truncated =
         events_between(&*store, since, until, limit, |page| events.extend(page)).await?;
-    Ok((replay(store, rules, events, dry_run).await?, truncated))
+    let (events, unreadable) = readable(events);
+    Ok(RangeReplay {
+        replayed: replay(store, rules, events, dry_run).await?,
+        truncated,
+        unreadable,
+    })
 }
 
 /// A what-if run: which stored events, and the candidate rules.
@@ -230,6 +269,8 @@ pub struct WhatIfReport {
     pub until: Millis,
     /// The event limit cut the range short (the newest events were compared).
     pub truncated: bool,
+    /// Events of the range left out because their stored row could not be read back.
+    pub unreadable: Vec<Unreadable>,
     #[serde(flatten)]
     pub report: Report,
 }
@@ -249,6 +290,7 @@ pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfRe
     let ruleset = candidate.current();
     let mut comparison = Comparison::new(request.examples);
     let mut pages = Vec::new();
+    let mut unreadable = Vec::new();
     let truncated = events_between(
         &*store,
         request.since,
@@ -258,6 +300,8 @@ pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfRe
     )
     .await?;
     for page in pages {
+        let (page, skipped) = readable(page);
+        unreadable.extend(skipped);
         let ids: Vec<i64> = page.iter().map(|e| e.id).collect();
         let stored: HashMap<i64, serde_json::Value> = store
             .list_evaluations(&ids)
@@ -287,6 +331,7 @@ pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfRe
         since: request.since,
         until: request.until,
         truncated,
+        unreadable,
         report: comparison.finish(names.iter().map(String::as_str)),
     })
 }

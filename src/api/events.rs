@@ -1,12 +1,16 @@
-//! Admin read-back of stored events: `GET /v1/events/{id}` and `GET /v1/events?…`.
+//! Admin read-back of stored events: `GET /v1/events/{id}` and `GET /v1/events?…`; quarantined
+//! events: `GET /v1/quarantine` and `POST /v1/events/{id}/retry`.
 
 use super::work::JobView;
 use super::{ApiError, AppState};
 use super::{Path, Query};
 use crate::event::{CallEvent, Warning};
-use crate::store::{EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent};
+use crate::store::{
+    EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent, Unreadable,
+};
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -26,6 +30,18 @@ pub struct EventView {
     pub state: ProcessingState,
     pub attempts: i64,
     pub processed_at: Option<String>,
+    /// Failed processing attempts so far (while it waits in the queue).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failures: i64,
+    /// Why the last processing attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it was quarantined (state `quarantined`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined_at: Option<String>,
+    /// Why the stored row could not be read back; `event` and `warnings` are then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// The decoded view.
     pub event: CallEvent,
     pub warnings: Vec<Warning>,
@@ -115,6 +131,10 @@ impl EventView {
             state: stored.state,
             attempts: stored.attempts,
             processed_at: stored.processed_at.map(rfc3339),
+            failures: stored.failures,
+            last_error: stored.last_error,
+            quarantined_at: stored.quarantined_at.map(rfc3339),
+            unreadable: stored.unreadable,
             event: stored.event,
             warnings: stored.warnings,
             raw_body: with_raw.then(|| String::from_utf8_lossy(&stored.raw_body).into_owned()),
@@ -125,10 +145,17 @@ impl EventView {
     }
 }
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 /// A page of events, newest first; pass `next_before` as `before` for the next page.
 #[derive(Debug, Serialize)]
 pub struct EventPage {
     pub events: Vec<EventView>,
+    /// Events of the page left out because their stored row could not be read back (each is
+    /// quarantined by processing; `GET /v1/events/{id}` shows its raw push).
+    pub unreadable: Vec<Unreadable>,
     pub next_before: Option<i64>,
 }
 
@@ -182,16 +209,94 @@ pub async fn list_events(
     let next_before = (events.len() == query.limit as usize)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    Ok(Json(EventPage {
-        events: events
-            .into_iter()
-            .map(|e| EventView::new(e, false))
-            .collect(),
+    let mut page = EventPage {
+        events: Vec::with_capacity(events.len()),
+        unreadable: Vec::new(),
         next_before,
-    }))
+    };
+    for event in events {
+        match event.unreadable {
+            Some(reason) => page.unreadable.push(Unreadable {
+                id: event.id,
+                reason,
+            }),
+            None => page.events.push(EventView::new(event, false)),
+        }
+    }
+    Ok(Json(page))
 }
 
-fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
+/// `POST /v1/events/{id}/retry`: puts a quarantined event back in the processing queue.
+pub async fn retry_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventView>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| invalid("id", format!("must be an integer, got `{id}`")))?;
+    let read_failed = |e| ApiError::unavailable("reading the event failed", &e);
+    let released = state
+        .store
+        .retry_event(id)
+        .await
+        .map_err(|e| ApiError::unavailable("retrying the event failed", &e))?;
+    let stored = state
+        .store
+        .get_event(id)
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(|| ApiError::not_found(format!("no event with id {id}")))?;
+    if !released {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_quarantined",
+            format!(
+                "event {id} is {}, not quarantined: only a quarantined event can be retried",
+                stored.state.as_str()
+            ),
+        )
+        .with("state", stored.state.as_str()));
+    }
+    tracing::info!(
+        event = id,
+        "quarantined event put back in the queue by an operator"
+    );
+    Ok(Json(EventView::new(stored, false)))
+}
+
+/// `GET /v1/quarantine`: quarantined events, newest first (at most [`MAX_PAGE`]).
+pub async fn list_quarantined(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(key) = params.keys().next() {
+        return Err(invalid(
+            key,
+            "is not a parameter here (there are none)".into(),
+        ));
+    }
+    let events = state
+        .store
+        .list_quarantined(MAX_PAGE)
+        .await
+        .map_err(|e| ApiError::unavailable("listing quarantined events failed", &e))?;
+    let events: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|q| {
+            serde_json::json!({
+                "id": q.event_id,
+                "failures": q.failures,
+                "last_error": q.last_error,
+                "quarantined_at": rfc3339(q.quarantined_at),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "events": events })))
+}
+
+/// The filters of `GET /v1/events?…` from its decoded query parameters (public for the fuzz
+/// target).
+pub fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
     let mut query = EventQuery {
         limit: DEFAULT_PAGE,
         ..Default::default()

@@ -129,5 +129,11 @@ fn body_error(error: BodyError) -> ApiError {
             .with("column", column),
         BodyError::NotAnObject { .. } => ApiError::bad_request("not_an_object", message),
         BodyError::Form { .. } => ApiError::bad_request("invalid_form", message),
+        BodyError::TooDeep { limit, offset } => ApiError::bad_request("too_deep", message)
+            .with("limit", limit)
+            .with("offset", offset),
+        BodyError::NulCharacter { field } => {
+            ApiError::bad_request("invalid_text", message).with("field", field)
+        }
     }
 }

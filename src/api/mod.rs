@@ -16,7 +16,7 @@ mod work;
 
 pub use auth::TokenSet;
 pub use error::{ApiError, JsonBody};
-pub use events::{EventPage, EventView};
+pub use events::{EventPage, EventView, parse_query as parse_event_query};
 pub use extract::{MAX_DURATION, MAX_TEXT, Path, Query};
 pub use intake::Ack;
 pub use serve::HttpLimits;
@@ -90,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}", get(events::get_event))
         .route("/v1/events/{id}/replay", post(replay::replay_event))
+        .route("/v1/events/{id}/retry", post(events::retry_event))
+        .route("/v1/quarantine", get(events::list_quarantined))
         .route("/v1/replay", post(replay::replay_range))
         .route("/v1/what-if", post(replay::what_if))
         .route("/v1/overview", get(overview::overview))

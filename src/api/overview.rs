@@ -71,6 +71,7 @@ pub async fn overview(
         "due_jobs": counts.due_jobs,
         "oldest_due_age_ms": counts.oldest_due_at.map(|at| (now - at).max(0)),
         "open_callback_tasks": counts.open_callback_tasks,
+        "quarantined_events": counts.quarantined_events,
         "rules": {
             "version": state.rules.current().version,
             "count": statuses.len(),
@@ -136,6 +137,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Re
     );
     m.dead_jobs.set(counts.dead_jobs_total);
     m.open_callback_tasks.set(counts.open_callback_tasks);
+    m.quarantined_events.set(counts.quarantined_events);
     let rules = &state.rules;
     Metrics::catch_up(&m.rule_reloads, rules.reloads.load(Ordering::Relaxed));
     Metrics::catch_up(

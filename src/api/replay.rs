@@ -74,6 +74,15 @@ fn replay_error(error: ReplayError) -> ApiError {
         ReplayError::NoSuchEvent(id) => ApiError::not_found(format!("no event with id {id}")),
         ReplayError::NoRulesDir(_) => ApiError::bad_request("invalid_parameter", error.to_string())
             .with("parameter", "rules_dir"),
+        ReplayError::Unreadable(ref skipped) => {
+            let id = skipped.id;
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "unreadable_event",
+                error.to_string(),
+            )
+            .with("id", id)
+        }
         other => ApiError::unavailable("the replay failed", &other),
     }
 }
@@ -114,7 +123,11 @@ pub async fn replay_range(
     };
     let dry_run = request.dry_run.unwrap_or(true);
     let limit = limit(request.limit, 1_000)?;
-    let (replayed, truncated) = replay::replay_range(
+    let replay::RangeReplay {
+        replayed,
+        truncated,
+        unreadable,
+    } = replay::replay_range(
         state.store.clone(),
         &state.rules,
         since,
@@ -154,6 +167,7 @@ pub async fn replay_range(
         "truncated": truncated,
         "queued": queued,
         "events": events,
+        "unreadable": unreadable,
     })))
 }
 

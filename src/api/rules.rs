@@ -45,10 +45,11 @@ pub async fn try_rules(
         state.store.clone(),
         tokio::runtime::Handle::current(),
     ));
-    let evaluation =
-        tokio::task::spawn_blocking(move || tools::try_payload_with(&rules, &body, counters))
-            .await
-            .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
-            .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
+    let evaluation = crate::processor::on_evaluation_thread(move || {
+        tools::try_payload_with(&rules, &body, counters)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
+    .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
     Ok(Json(evaluation))
 }

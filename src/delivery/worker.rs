@@ -440,10 +440,19 @@ async fn build_request(
                         reason: format!("reading the event failed: {e}"),
                         retry_after: None,
                     })?;
+            let event = match &event {
+                Some(stored) => Some(stored.readable().map_err(|skipped| {
+                    permanent(format!(
+                        "the default body needs event {}, which cannot be read back: {}",
+                        skipped.id, skipped.reason
+                    ))
+                })?),
+                None => None,
+            };
             serde_json::json!({
                 "rule": job.rule,
                 "event_id": job.event_id,
-                "event": event.map(|e| e.event),
+                "event": event,
             })
         }
     };

@@ -22,7 +22,16 @@ pub enum BodyError {
     NotAnObject { found: &'static str },
     #[error("invalid form body: {message}")]
     Form { message: String },
+    #[error("JSON nested deeper than {limit} levels (at byte {offset})")]
+    TooDeep { limit: usize, offset: usize },
+    #[error("field `{field}` holds a NUL character (\\u0000), which cannot be stored")]
+    NulCharacter { field: String },
 }
+
+/// The deepest nesting of arrays and objects a push may have (the body object is level 1).
+/// Stored views wrap a push's values in a level or two of their own (`extra`, a warning), and
+/// serde_json reads back at most 128 levels: this limit keeps every accepted push readable.
+pub const MAX_NESTING: usize = 100;
 
 /// How the body was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +72,47 @@ pub fn parse_body(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedBody
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
     });
-    if says_form && !trimmed.starts_with('{') {
-        parse_form(text)
+    let parsed = if says_form && !trimmed.starts_with('{') {
+        parse_form(text)?
+    } else if let Some(offset) = too_deep_at(text, MAX_NESTING) {
+        return Err(BodyError::TooDeep {
+            limit: MAX_NESTING,
+            offset: skipped + offset,
+        });
     } else {
-        parse_json(text)
+        parse_json(text)?
+    };
+    // PostgreSQL text cannot hold NUL: such a push could be stored by SQLite but never by
+    // PostgreSQL, so neither takes it.
+    if let Some(field) = field_with_nul(&parsed.fields) {
+        return Err(BodyError::NulCharacter {
+            field: field.escape_debug().to_string(),
+        });
     }
+    Ok(parsed)
+}
+
+/// The first top-level field whose name, or any text or key inside whose value, holds a NUL.
+fn field_with_nul(fields: &Map<String, Value>) -> Option<&str> {
+    fields.iter().find_map(|(key, value)| {
+        let mut pending = vec![value];
+        let mut found = key.contains('\0');
+        while let Some(value) = pending.pop() {
+            if found {
+                break;
+            }
+            match value {
+                Value::String(text) => found = text.contains('\0'),
+                Value::Array(items) => pending.extend(items),
+                Value::Object(map) => {
+                    found = map.keys().any(|k| k.contains('\0'));
+                    pending.extend(map.values());
+                }
+                _ => {}
+            }
+        }
+        found.then_some(key.as_str())
+    })
 }
 
 fn parse_json(text: &str) -> Result<ParsedBody, BodyError> {
@@ -106,6 +151,56 @@ fn parse_form(text: &str) -> Result<ParsedBody, BodyError> {
         duplicate_keys,
         format: BodyFormat::Form,
     })
+}
+
+/// Where JSON text first opens an array or object deeper than `limit` levels, if it does: one
+/// pass over the bytes that skips strings, so it costs far less than parsing. Malformed text is
+/// left to the parser to describe.
+pub fn too_deep_at(text: &str, limit: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (offset, byte) in text.bytes().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(offset);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether a JSON value nests arrays and objects deeper than `limit` levels (the value itself
+/// is level 1 when it is one). Iterative, and it stops at the limit: safe on any depth.
+pub fn nested_deeper_than(value: &Value, limit: usize) -> bool {
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 1)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > limit {
+            return true;
+        }
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
 }
 
 fn syntax_error(e: serde_json::Error) -> BodyError {
@@ -221,6 +316,56 @@ mod tests {
         assert_eq!(parsed.fields["nick_name"], "山");
         let parsed = parse_body(b"{\"a\":1}", Some(form)).unwrap();
         assert_eq!(parsed.format, BodyFormat::Json);
+    }
+
+    #[test]
+    fn nesting_is_limited_below_what_reads_back() {
+        let nested = |levels: usize| {
+            format!(
+                "{{\"call_id\":\"x\",\"zz\":{}1{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert!(parse_body(nested(MAX_NESTING).as_bytes(), None).is_ok());
+        assert_eq!(
+            parse_body(nested(MAX_NESTING + 1).as_bytes(), None).unwrap_err(),
+            BodyError::TooDeep {
+                limit: MAX_NESTING,
+                offset: 19 + MAX_NESTING
+            }
+        );
+        // Brackets inside strings (escaped quotes too) are not nesting.
+        let text = format!("{{\"a\":\"\\\"{}\"}}", "[".repeat(500));
+        assert!(parse_body(text.as_bytes(), None).is_ok());
+        assert_eq!(too_deep_at("[[1]]", 1), Some(1));
+        assert_eq!(too_deep_at("[[1]]", 2), None);
+        let value: Value = serde_json::from_str(r#"{"a":[1,{"b":[]}],"c":2}"#).unwrap();
+        assert!(!nested_deeper_than(&value, 4));
+        assert!(nested_deeper_than(&value, 3));
+        assert!(!nested_deeper_than(&Value::from(1), 0));
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let err = parse_body(br#"{"a":1,"call_id":"x\u0000y"}"#, None).unwrap_err();
+        assert_eq!(
+            err,
+            BodyError::NulCharacter {
+                field: "call_id".into()
+            }
+        );
+        let err = parse_body(br#"{"e":{"k\u0000":[1]}}"#, None).unwrap_err();
+        assert_eq!(err, BodyError::NulCharacter { field: "e".into() });
+        let form = Some("application/x-www-form-urlencoded");
+        let err = parse_body(b"call_id=a%00b", form).unwrap_err();
+        assert_eq!(
+            err,
+            BodyError::NulCharacter {
+                field: "call_id".into()
+            }
+        );
+        assert!(parse_body(br#"{"a":"\\u0000 is text"}"#, None).is_ok());
     }
 
     #[test]

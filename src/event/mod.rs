@@ -4,7 +4,10 @@
 mod body;
 mod outcome;
 
-pub use body::{BodyError, BodyFormat, ParsedBody, json_type_name, parse_body};
+pub use body::{
+    BodyError, BodyFormat, MAX_NESTING, ParsedBody, json_type_name, nested_deeper_than, parse_body,
+    too_deep_at,
+};
 pub use outcome::Outcome;
 
 use chrono::{DateTime, FixedOffset};
@@ -114,6 +117,10 @@ pub struct CallEvent {
     pub extra: Map<String, Value>,
 }
 
+/// The longest `call_id` or `customer_phone` kept in the typed view (longer ones are left
+/// absent with a warning; the raw body keeps them).
+pub const MAX_SEARCH_KEY_BYTES: usize = 256;
+
 /// Something in a push that was accepted but not understood. The push is stored anyway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Warning {
@@ -150,11 +157,11 @@ pub fn decode(body: &ParsedBody) -> Decoded {
         }
         let k = key.as_str();
         match k {
-            "call_id" => ev.call_id = d.string(k, value),
+            "call_id" => ev.call_id = d.search_key(k, value),
             "conversation_id" => ev.conversation_id = d.int(k, value),
             "timestamp" => ev.timestamp = d.time(k, value),
             "nick_name" => ev.nick_name = d.string(k, value),
-            "customer_phone" => ev.customer_phone = d.string(k, value),
+            "customer_phone" => ev.customer_phone = d.search_key(k, value),
             "mobile_area" => ev.mobile_area = d.string(k, value),
             "display_number" => ev.display_number = d.string(k, value),
             "workflow" => ev.workflow = d.string(k, value),
@@ -316,6 +323,18 @@ impl Decoder {
         }
     }
 
+    /// A string the store indexes for search (`call_id`, `customer_phone`): at most
+    /// [`MAX_SEARCH_KEY_BYTES`], which every database's index takes (PostgreSQL refuses index
+    /// entries over about 2.7 KB).
+    fn search_key(&mut self, field: &str, value: &Value) -> Option<String> {
+        let text = self.string(field, value)?;
+        if text.len() > MAX_SEARCH_KEY_BYTES {
+            let message = format!("longer than {MAX_SEARCH_KEY_BYTES} bytes");
+            return self.fail(field, &message, value);
+        }
+        Some(text)
+    }
+
     fn int(&mut self, field: &str, value: &Value) -> Option<i64> {
         let parsed = match value {
             Value::Number(n) => n.as_i64().or_else(|| n.as_f64().and_then(whole_f64_to_i64)),
@@ -406,7 +425,16 @@ impl Decoder {
     fn extend(&mut self, field: &str, value: &Value) -> Option<Value> {
         match value {
             Value::Object(_) => Some(value.clone()),
-            // A form body carries the object as JSON text.
+            // A form body carries the object as JSON text, held to the nesting limit of a
+            // JSON body (where `extend`'s object would be level 2).
+            Value::String(s) if body::too_deep_at(s, body::MAX_NESTING - 1).is_some() => {
+                let message = format!(
+                    "JSON nested deeper than {} levels; kept as sent (text)",
+                    body::MAX_NESTING
+                );
+                self.warn(field, message, Some(value));
+                Some(value.clone())
+            }
             Value::String(s) => match serde_json::from_str::<Value>(s) {
                 Ok(parsed @ Value::Object(_)) => Some(parsed),
                 _ => {
@@ -506,6 +534,15 @@ mod tests {
         let d = decode_json(json!({"new": {"x": 1}, "extend": {"code": "vip"}}));
         assert_eq!(d.event.extra["new"], json!({"x": 1}));
         assert_eq!(d.event.extend, Some(json!({"code": "vip"})));
+    }
+
+    #[test]
+    fn search_keys_are_bounded() {
+        let long = "9".repeat(MAX_SEARCH_KEY_BYTES + 1);
+        let d = decode_json(json!({"customer_phone": long, "call_id": "ok"}));
+        assert_eq!(d.event.customer_phone, None);
+        assert_eq!(d.event.call_id.as_deref(), Some("ok"));
+        assert_eq!(d.warnings[0].field, "customer_phone");
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub fn email(map: Map) -> RhaiResult<Dynamic> {
     }))
 }
 
+/// The deepest a webhook `body` may nest: room for any accepted event (`#{ event: ev }`), and
+/// shallow enough that the evaluation record and job that carry it (a few levels more) read
+/// back, and are written and dropped without deep recursion.
+pub const MAX_BODY_NESTING: usize = crate::event::MAX_NESTING + 10;
+
 /// `webhook(#{ target, url, body })`: `target` (a configured name) or `url`.
 pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "webhook";
@@ -167,6 +172,14 @@ pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
                 .map_err(|e| error(format!("webhook: `body` cannot be JSON: {e}")))?,
         ),
     };
+    if body
+        .as_ref()
+        .is_some_and(|b| crate::event::nested_deeper_than(b, MAX_BODY_NESTING))
+    {
+        return Err(error(format!(
+            "webhook: `body` is nested deeper than {MAX_BODY_NESTING} levels"
+        )));
+    }
     to_dynamic(ActionRequest::Webhook { target, url, body })
 }
 

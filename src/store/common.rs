@@ -24,6 +24,52 @@ macro_rules! impl_store {
                 sql::finish_events!($db, self.$w, finished, owner, now)
             }
 
+            async fn fail_events(
+                &self,
+                failures: &[super::EventFailure],
+                owner: &str,
+                now: Millis,
+            ) -> Result<Vec<bool>, StoreError> {
+                let mut recorded = Vec::with_capacity(failures.len());
+                let mut tx = self.$w.begin().await?;
+                for failure in failures {
+                    let (retry_at, quarantined_at) = match failure.next {
+                        super::EventNext::RetryAt(at) => (at, None),
+                        super::EventNext::Quarantine => (0, Some(now)),
+                    };
+                    let done = sqlx::query(super::quarantine::FAIL_EVENT)
+                        .bind(failure.failures)
+                        .bind(super::quarantine::stored_reason(&failure.reason))
+                        .bind(retry_at)
+                        .bind(quarantined_at)
+                        .bind(failure.event_id)
+                        .bind(owner)
+                        .execute(&mut *tx)
+                        .await?;
+                    recorded.push(done.rows_affected() == 1);
+                }
+                tx.commit().await?;
+                Ok(recorded)
+            }
+
+            async fn retry_event(&self, id: EventId) -> Result<bool, StoreError> {
+                let done = sqlx::query(super::quarantine::RETRY_EVENT)
+                    .bind(id)
+                    .execute(&self.$w)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn list_quarantined(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<super::QuarantinedEvent>, StoreError> {
+                Ok(sqlx::query_as(super::quarantine::LIST_QUARANTINED)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.$r)
+                    .await?)
+            }
+
             async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
                 sql::count_hits!(&self.$r, key, since)
             }

@@ -2,8 +2,10 @@
 //! [`Store`] trait, so that the embedded SQLite backend and a shared PostgreSQL backend are
 //! interchangeable. Times are unix milliseconds (UTC).
 
+mod classify;
 mod common;
 mod postgres;
+mod quarantine;
 mod row;
 mod sql;
 mod sqlite;
@@ -11,6 +13,7 @@ mod sqlite;
 use common::impl_store;
 
 pub use postgres::PostgresStore;
+pub use quarantine::{EventFailure, EventNext, QuarantinedEvent, Unreadable};
 pub use sqlite::SqliteStore;
 
 use crate::event::{CallEvent, Warning};
@@ -79,6 +82,9 @@ pub enum ProcessingState {
     Processing,
     /// Done: its evaluation is recorded.
     Processed,
+    /// Failed to load or to process too many times: left out of processing until an operator
+    /// retries it (`last_error` says why).
+    Quarantined,
 }
 
 impl ProcessingState {
@@ -87,6 +93,7 @@ impl ProcessingState {
             ProcessingState::Pending => "pending",
             ProcessingState::Processing => "processing",
             ProcessingState::Processed => "processed",
+            ProcessingState::Quarantined => "quarantined",
         }
     }
 
@@ -95,6 +102,7 @@ impl ProcessingState {
             "pending" => Some(ProcessingState::Pending),
             "processing" => Some(ProcessingState::Processing),
             "processed" => Some(ProcessingState::Processed),
+            "quarantined" => Some(ProcessingState::Quarantined),
             _ => None,
         }
     }
@@ -116,6 +124,28 @@ pub struct StoredEvent {
     /// How many times a processor claimed it.
     pub attempts: i64,
     pub processed_at: Option<Millis>,
+    /// Failed processing attempts so far (while it waits in the queue).
+    pub failures: i64,
+    /// Why the last processing attempt failed.
+    pub last_error: Option<String>,
+    /// When it was quarantined, if it is.
+    pub quarantined_at: Option<Millis>,
+    /// Why the stored row could not be read back in full, if it could not: `event` and
+    /// `warnings` are then empty, and the event must not be evaluated (see [`Self::readable`]).
+    pub unreadable: Option<String>,
+}
+
+impl StoredEvent {
+    /// The decoded view if the row could be read back (what evaluation may use), or why not.
+    pub fn readable(&self) -> Result<&CallEvent, Unreadable> {
+        match &self.unreadable {
+            None => Ok(&self.event),
+            Some(reason) => Err(Unreadable {
+                id: self.id,
+                reason: reason.clone(),
+            }),
+        }
+    }
 }
 
 /// The outcome of processing one claimed event, recorded in the transaction that finishes it.
@@ -337,6 +367,8 @@ pub struct Overview {
     /// When the oldest due job became due (its retry time, or its creation for a first attempt).
     pub oldest_due_at: Option<Millis>,
     pub open_callback_tasks: i64,
+    /// Events quarantined now (whenever received): each is waiting for an operator.
+    pub quarantined_events: i64,
 }
 
 /// An operator's mute: a rule's actions, or every action for a phone, are recorded as muted
@@ -402,6 +434,24 @@ pub trait Store: Send + Sync + 'static {
     /// first, and leases them to `lease.owner` until `lease.until`.
     async fn claim_events(&self, lease: &Lease, limit: u32)
     -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Records failed processing attempts of claimed events, all in one transaction: each
+    /// failure is counted with its reason, and the event either waits in the queue until
+    /// `retry_at` or is quarantined. An entry is false (nothing recorded) when `owner` no longer
+    /// holds that event's lease.
+    async fn fail_events(
+        &self,
+        failures: &[EventFailure],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Puts a quarantined event back in the processing queue, due now, with its failures reset.
+    /// False when the event is not quarantined.
+    async fn retry_event(&self, id: EventId) -> Result<bool, StoreError>;
+
+    /// Quarantined events, newest first.
+    async fn list_quarantined(&self, limit: u32) -> Result<Vec<QuarantinedEvent>, StoreError>;
 
     /// Records processed events, all in one transaction: each one leaves the queue and gets its
     /// evaluation, counter hits and jobs. Events that `owner` no longer holds the lease on (it

@@ -105,7 +105,8 @@ super::impl_store! {
         let claimed: Vec<(EventId,)> = sqlx::query_as(
             "UPDATE event_queue SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
              WHERE event_id IN (SELECT event_id FROM event_queue WHERE lease_until < $3 \
-             ORDER BY event_id LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING event_id",
+             AND quarantined_at IS NULL ORDER BY event_id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING event_id",
         )
         .bind(&lease.owner)
         .bind(lease.until)

@@ -10,24 +10,100 @@ use super::{
 /// `WHERE …` clauses on `e.` columns.
 pub(super) const EVENT_SELECT: &str = "SELECT e.id, e.dedupe_key, e.received_at, e.source_addr, \
      e.content_type, e.raw_body, e.decoded, e.warnings, q.lease_owner, \
-     COALESCE(v.attempts, q.attempts, 0) AS attempts, v.processed_at \
+     COALESCE(v.attempts, q.attempts, 0) AS attempts, v.processed_at, \
+     COALESCE(q.failures, 0) AS failures, q.last_error, q.quarantined_at \
      FROM events e \
      LEFT JOIN event_queue q ON q.event_id = e.id \
      LEFT JOIN evaluations v ON v.event_id = e.id";
 
-#[derive(sqlx::FromRow)]
+/// An event row, read tolerantly: a column of the event itself that cannot be decoded (a wrong
+/// type, invalid UTF-8) is left out and named in `problems` instead of failing the whole query,
+/// so that one bad row never fails a claim or a listing. Only the id and the queue's own
+/// columns must read.
 pub(super) struct EventRow {
     id: i64,
-    dedupe_key: String,
-    received_at: Millis,
+    dedupe_key: Option<String>,
+    received_at: Option<Millis>,
     source_addr: Option<String>,
     content_type: Option<String>,
-    raw_body: Vec<u8>,
-    decoded: String,
-    warnings: String,
+    raw_body: Option<Vec<u8>>,
+    decoded: Option<String>,
+    warnings: Option<String>,
     lease_owner: Option<String>,
     attempts: i64,
     processed_at: Option<Millis>,
+    failures: i64,
+    last_error: Option<String>,
+    quarantined_at: Option<Millis>,
+    /// Columns that could not be decoded, and why.
+    problems: Vec<String>,
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for EventRow
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let mut problems = Vec::new();
+        let dedupe_key = tolerant(row, "dedupe_key", &mut problems);
+        let received_at = tolerant(row, "received_at", &mut problems);
+        let source_addr = tolerant::<R, Option<String>>(row, "source_addr", &mut problems);
+        let content_type = tolerant::<R, Option<String>>(row, "content_type", &mut problems);
+        let raw_body = tolerant(row, "raw_body", &mut problems);
+        let decoded = tolerant(row, "decoded", &mut problems);
+        let warnings = tolerant(row, "warnings", &mut problems);
+        Ok(EventRow {
+            id: row.try_get("id")?,
+            dedupe_key,
+            received_at,
+            source_addr: source_addr.flatten(),
+            content_type: content_type.flatten(),
+            raw_body,
+            decoded,
+            warnings,
+            lease_owner: row.try_get("lease_owner")?,
+            attempts: row.try_get("attempts")?,
+            processed_at: row.try_get("processed_at")?,
+            failures: row.try_get("failures")?,
+            last_error: row.try_get("last_error")?,
+            quarantined_at: row.try_get("quarantined_at")?,
+            problems,
+        })
+    }
+}
+
+/// A column's value, or `None` with the reason added to `problems`.
+fn tolerant<'r, R, T>(row: &'r R, column: &'static str, problems: &mut Vec<String>) -> Option<T>
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    match row.try_get::<T, _>(column) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            // sqlx names the column and the type mismatch or encoding error, never the value.
+            problems.push(format!("column `{column}`: {error}"));
+            None
+        }
+    }
+}
+
+/// What is wrong with stored JSON text, without quoting it: type errors would quote stored
+/// values (a signed recording URL, a phone number), so only their place is given.
+pub(super) fn json_problem(what: &str, error: &serde_json::Error) -> String {
+    match error.classify() {
+        serde_json::error::Category::Data => format!(
+            "{what}: a value does not have the expected type at line {}, column {}",
+            error.line(),
+            error.column()
+        ),
+        _ => format!("{what}: {error}"),
+    }
 }
 
 /// The JSON text columns of a new event.
@@ -50,28 +126,49 @@ impl EventRow {
         })
     }
 
+    /// The stored event. A row whose own columns cannot be read back in full still loads: it
+    /// comes with `unreadable` saying why (and an empty view), to be skipped, flagged or
+    /// quarantined by the caller, never to fail the rest of a batch.
     pub(super) fn into_stored(self) -> Result<StoredEvent, StoreError> {
-        let corrupt = |what: &'static str, e: serde_json::Error| StoreError::Corrupt {
-            what,
-            message: e.to_string(),
+        let mut problems = self.problems;
+        let event = self.decoded.and_then(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| problems.push(json_problem("decoded view", &e)))
+                .ok()
+        });
+        let warnings = self.warnings.and_then(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| problems.push(json_problem("warnings", &e)))
+                .ok()
+        });
+        let state = match (self.processed_at, self.quarantined_at, &self.lease_owner) {
+            (Some(_), _, _) => ProcessingState::Processed,
+            (None, Some(_), _) => ProcessingState::Quarantined,
+            (None, None, Some(_)) => ProcessingState::Processing,
+            (None, None, None) => ProcessingState::Pending,
         };
-        let state = match (self.processed_at, &self.lease_owner) {
-            (Some(_), _) => ProcessingState::Processed,
-            (None, Some(_)) => ProcessingState::Processing,
-            (None, None) => ProcessingState::Pending,
-        };
+        let unreadable = (!problems.is_empty()).then(|| {
+            format!(
+                "the stored event could not be read back: {}",
+                problems.join("; ")
+            )
+        });
         Ok(StoredEvent {
             id: self.id,
-            dedupe_key: self.dedupe_key,
-            received_at: self.received_at,
+            dedupe_key: self.dedupe_key.unwrap_or_default(),
+            received_at: self.received_at.unwrap_or_default(),
             source_addr: self.source_addr,
             content_type: self.content_type,
-            raw_body: self.raw_body,
-            event: serde_json::from_str(&self.decoded).map_err(|e| corrupt("decoded event", e))?,
-            warnings: serde_json::from_str(&self.warnings).map_err(|e| corrupt("warnings", e))?,
+            raw_body: self.raw_body.unwrap_or_default(),
+            event: event.unwrap_or_default(),
+            warnings: warnings.unwrap_or_default(),
             state,
             attempts: self.attempts,
             processed_at: self.processed_at,
+            failures: self.failures,
+            last_error: self.last_error,
+            quarantined_at: self.quarantined_at,
+            unreadable,
         })
     }
 }

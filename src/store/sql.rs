@@ -938,7 +938,11 @@ macro_rules! overview {
         )
         .fetch_one($pool)
         .await?;
+        let (quarantined_events,): (i64,) = sqlx::query_as(super::quarantine::COUNT_QUARANTINED)
+            .fetch_one($pool)
+            .await?;
         Ok(super::Overview {
+            quarantined_events,
             events: per_minute.iter().map(|(_, n)| n).sum(),
             events_per_minute: per_minute,
             matched_events,

@@ -223,7 +223,7 @@ super::impl_store! {
         let claimed: Vec<(EventId,)> = sqlx::query_as(
             "UPDATE event_queue SET lease_owner = ?, lease_until = ?, attempts = attempts + 1 \
              WHERE event_id IN (SELECT event_id FROM event_queue WHERE lease_until < ? \
-             ORDER BY event_id LIMIT ?) RETURNING event_id",
+             AND quarantined_at IS NULL ORDER BY event_id LIMIT ?) RETURNING event_id",
         )
         .bind(&lease.owner)
         .bind(lease.until)

@@ -257,8 +257,8 @@ fn bad_and_odd_inputs() -> Vec<Case> {
             "too deep",
             nested(200),
             400,
-            Some("invalid_json"),
-            Some("recursion limit"),
+            Some("too_deep"),
+            Some("deeper than 100 levels"),
         ),
         case(
             "number out of range",
@@ -312,7 +312,7 @@ fn bad_and_odd_inputs() -> Vec<Case> {
             None,
             None,
         ),
-        case("nested within limit", nested(100), 202, None, None),
+        case("nested at the limit (100 levels)", nested(99), 202, None, None),
         case(
             "huge integer",
             "{\"call_id\":\"big\",\"queue_time\":123456789012345678901234567890}",
@@ -373,9 +373,9 @@ fn bad_and_odd_inputs() -> Vec<Case> {
         case(
             "NUL in a string",
             "{\"call_id\":\"n\",\"nick_name\":\"a\\u0000b\"}",
-            202,
-            None,
-            None,
+            400,
+            Some("invalid_text"),
+            Some("field `nick_name` holds a NUL character"),
         ),
         case("10k fields", many_fields, 202, None, None),
         case(

@@ -1,4 +1,6 @@
-//! Property tests of the pure decoder: it never panics, and it never drops a field silently.
+//! Property tests of the pure decoder (it never panics, and it never drops a field silently), and
+//! of intake and read-back through the running service (every accepted push reads back and
+//! evaluates).
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -87,7 +89,9 @@ proptest! {
 
     #[test]
     fn every_present_field_is_decoded_kept_or_warned(fields in prop::collection::btree_map(field_name(), json_value(), 0..12)) {
-        let body = Value::Object(fields.clone().into_iter().collect::<Map<_, _>>()).to_string();
+        let object = Value::Object(fields.clone().into_iter().collect::<Map<_, _>>());
+        prop_assume!(!holds_nul(&object), "intake refuses NUL characters");
+        let body = object.to_string();
         let parsed = parse_body(body.as_bytes(), None).unwrap();
         let decoded = decode(&parsed);
         let view = serde_json::to_value(&decoded.event).unwrap();
@@ -108,4 +112,159 @@ proptest! {
             prop_assert!(kept || warned, "field `{}` = {} was dropped silently", key, value);
         }
     }
+}
+
+/// How deep a JSON value nests arrays and objects (a scalar is 0, `[]` is 1).
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// A value nested `levels` deep (arrays and objects in turn) around a leaf.
+fn deep_value() -> impl Strategy<Value = Value> {
+    (90usize..=102, any::<bool>(), json_value()).prop_map(|(levels, objects, leaf)| {
+        (0..levels).fold(leaf, |inner, level| {
+            if objects && level % 2 == 0 {
+                Value::Object(Map::from_iter([("k".to_string(), inner)]))
+            } else {
+                Value::Array(vec![inner])
+            }
+        })
+    })
+}
+
+/// Values at the edges of what intake and the store take: deep nesting either side of the
+/// limit, long search keys, extreme numbers, NUL characters.
+fn edge_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => json_value(),
+        2 => deep_value(),
+        1 => "[0-9a-z]{200,300}".prop_map(Value::String),
+        1 => prop_oneof![
+            Just(Value::from(u64::MAX)),
+            Just(Value::from(i64::MIN)),
+            Just(Value::from(1.7e308)),
+            Just(Value::from(-0.0)),
+            Just(Value::from(5e-324)),
+        ],
+        1 => "[a-z]{0,3}\u{0}[a-z]{0,3}".prop_map(Value::String),
+    ]
+}
+
+/// A push body: a JSON object, or a form (whose `extend` is JSON text), with its content type.
+fn push_body() -> impl Strategy<Value = (Vec<u8>, Option<&'static str>, Value)> {
+    let fields = prop::collection::btree_map(field_name(), edge_value(), 1..8);
+    let json = fields.prop_map(|fields| {
+        let value = Value::Object(fields.into_iter().collect::<Map<_, _>>());
+        (value.to_string().into_bytes(), None, value)
+    });
+    let form = (
+        prop::collection::btree_map(field_name(), "[a-z0-9 :+-]{0,12}", 0..5),
+        deep_value(),
+    )
+        .prop_map(|(mut fields, extend)| {
+            fields.insert("extend".into(), extend.to_string());
+            let body = serde_urlencoded::to_string(&fields).unwrap().into_bytes();
+            let value = Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            );
+            (body, Some("application/x-www-form-urlencoded"), value)
+        });
+    prop_oneof![3 => json, 1 => form]
+}
+
+/// Through the real service on both stores: a push is refused exactly when it nests deeper
+/// than intake's limit or holds a NUL; every push accepted reads back as it was decoded,
+/// evaluates against the shipped rules (a dry run), and is processed, none quarantined.
+#[test]
+fn every_accepted_body_reads_back_and_evaluates() {
+    use crate::util::{ADMIN_TOKEN, TestServer, eventually, send};
+    use proptest::test_runner::{TestCaseError, TestRunner};
+    use reqwest::StatusCode;
+    use std::time::Duration;
+    use switchboard::event::MAX_NESTING;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(TestServer::start_with(|config| {
+        config.rules_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    }));
+    let accepted = std::cell::RefCell::new(Vec::new());
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 96,
+        ..ProptestConfig::default()
+    });
+    let outcome = runner.run(&push_body(), |(body, content_type, value)| {
+        runtime.block_on(async {
+            let (status, answer) = server.post(body.clone(), content_type).await;
+            let too_deep = content_type.is_none() && depth(&value) > MAX_NESTING;
+            if too_deep || holds_nul(&value) {
+                prop_assert_eq!(status, StatusCode::BAD_REQUEST, "{}", answer);
+                let code = if too_deep { "too_deep" } else { "invalid_text" };
+                prop_assert_eq!(&answer["error"], code, "{}", answer);
+                return Ok(());
+            }
+            prop_assert!(status.is_success(), "{} {}", status, answer);
+            let id = answer["id"].as_i64().unwrap();
+            accepted.borrow_mut().push(id);
+            let (status, trace) = server.admin_get(&format!("/v1/events/{id}")).await;
+            prop_assert_eq!(status, StatusCode::OK, "{}", trace);
+            prop_assert!(trace.get("unreadable").is_none(), "{}", trace);
+            let parsed = parse_body(&body, content_type).unwrap();
+            let expected = serde_json::to_value(decode(&parsed).event).unwrap();
+            prop_assert_eq!(
+                &trace["event"],
+                &expected,
+                "the stored view reads back as decoded"
+            );
+            let (status, dry) = send(
+                server
+                    .client
+                    .post(server.url(&format!("/v1/events/{id}/replay")))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&serde_json::json!({})),
+            )
+            .await;
+            prop_assert_eq!(status, StatusCode::OK, "{}", dry);
+            Ok::<(), TestCaseError>(())
+        })
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    let accepted = accepted.into_inner();
+    runtime.block_on(async {
+        for id in &accepted {
+            eventually(
+                Duration::from_secs(60),
+                "every accepted event to be processed",
+                || async {
+                    let (_, trace) = server.admin_get(&format!("/v1/events/{id}")).await;
+                    (trace["state"] == "processed").then_some(())
+                },
+            )
+            .await;
+        }
+        let (_, overview) = server.admin_get("/v1/overview").await;
+        assert_eq!(overview["quarantined_events"], 0, "{overview}");
+        server.stop().await;
+    });
 }

@@ -29,7 +29,7 @@ const BADGE_TONE = {
   ok: 'good', active: 'good', done: 'good', processed: 'good', matched: 'good', success: 'good',
   dead: 'bad', error: 'bad', failed: 'bad', permanent: 'bad',
   retrying: 'warn', transient: 'warn', throttled: 'warn', processing: 'info',
-  pending: 'info', open: 'info', claimed: 'violet',
+  pending: 'info', open: 'info', claimed: 'violet', quarantined: 'bad', unreadable: 'bad',
   suppressed: 'muted', muted: 'muted', cancelled: 'muted', disabled: 'muted', 'not matched': 'muted',
   newly_matches: 'info', stops_matching: 'warn', actions_change: 'violet',
   'in force': 'warn', lifted: 'muted', expired: 'muted', rule: 'violet', phone: 'info',
@@ -461,7 +461,8 @@ function renderLogin(ctx) {
 // Overview
 
 async function renderOverview(ctx) {
-  const [o, inst] = await Promise.all([api('/v1/overview?minutes=60'), instances()]);
+  const [o, inst, quarantine] = await Promise.all([api('/v1/overview?minutes=60'), instances(),
+    api('/v1/quarantine').catch((e) => e)]);
   const jobs = o.jobs || {};
   const failing = (jobs.dead || 0) + (jobs.retrying || 0);
   const matchedShare = o.events ? Math.round((o.matched_events / o.events) * 100) : 0;
@@ -499,11 +500,28 @@ async function renderOverview(ctx) {
         ['Version', h('code', { title: rules.version || '' }, shortHash(rules.version))],
       ]), { extra: h('a', { href: '#/rules', class: 'small' }, 'Rule status →') }),
       card('Delivery queue', queueHealth(o), { extra: h('a', { href: '#/jobs?status=dead', class: 'small' }, 'Dead jobs →') }),
+      card('Quarantined events', quarantineList(o, quarantine), { cls: o.quarantined_events ? 'card-warn' : null }),
       card('Instances', instancesList(inst), {
         extra: inst instanceof Error ? null : h('span', { class: 'muted small' }, plural(inst.instances.length, 'running instance')),
       })));
   ctx.mount(view);
   ctx.refreshIn(15000);
+}
+
+// Events that failed to load or process too many times and wait for an operator (newest first).
+function quarantineList(o, quarantine) {
+  const count = o.quarantined_events || 0;
+  const head = h('div', { class: ['health', count ? 'tone-bad' : 'tone-good'], 'data-health': 'quarantined' },
+    h('span', { class: 'health-value' }, String(count)),
+    h('span', { class: 'health-label' }, count ? 'events kept out of processing: open one to see why, then retry it' : 'every event could be processed'));
+  if (!count || quarantine instanceof Error) return head;
+  const shown = quarantine.events.slice(0, 5);
+  return h('div', { class: 'quarantine' }, head,
+    h('ul', { class: 'action-list' }, shown.map((q) => h('li', { 'data-quarantined': q.id },
+      h('a', { href: '#/events/' + q.id, class: 'mono' }, '#' + q.id), ' ',
+      h('span', { class: 'muted small' }, `after ${plural(q.failures, 'failure')}: `),
+      h('span', { class: 'small' }, q.last_error || '')))),
+    count > shown.length ? h('p', { class: 'muted small' }, `and ${count - shown.length} more`) : null);
 }
 
 // `GET /v1/instances`, or the error (the pages that show it still render without it).
@@ -659,10 +677,14 @@ async function renderEvents(ctx) {
   if (page instanceof Error) {
     if (page.handled) throw page;
     results = errorPanel(page);
-  } else if (!page.events.length) {
+  } else if (!page.events.length && !(page.unreadable || []).length) {
     results = empty('No events found', p.toString() ? 'Nothing matches these filters.' : 'No notification has been received yet.');
   } else {
+    const unreadable = page.unreadable || [];
     results = h('div', null,
+      unreadable.length ? h('div', { class: 'banner tone-warn', 'data-unreadable': unreadable.length },
+        h('strong', null, `${plural(unreadable.length, 'event')} of this page cannot be read back and are left out`),
+        h('span', null, unreadable.map((u, i) => [i ? ', ' : '', h('a', { href: '#/events/' + u.id, class: 'mono', title: u.reason }, '#' + u.id)]))) : null,
       table([
         { label: 'Event', cls: 'nowrap', cell: (e) => h('a', { href: '#/events/' + e.id, class: 'mono' }, '#' + e.id) },
         { label: 'Received', cls: 'nowrap', cell: (e) => time(e.received_at) },
@@ -711,6 +733,7 @@ async function renderEvent(ctx) {
     ['Queue time', e.queue_time !== undefined && e.queue_time !== null ? `${e.queue_time} s` : '—'],
     ['Received', time(ev.received_at)],
     ['Processed', ev.processed_at ? time(ev.processed_at) : badge(ev.state)],
+    ev.failures ? ['Failed attempts', String(ev.failures)] : null,
     ['Source', ev.source_addr || '—'],
     ['Content type', ev.content_type || '—'],
     ['Dedupe key', h('code', { title: ev.dedupe_key }, shortHash(ev.dedupe_key))],
@@ -722,6 +745,7 @@ async function renderEvent(ctx) {
     pageHead(`Event #${ev.id}`, [badge(ev.state), ' ', outcomeBadge(e.outcome), ' received ', time(ev.received_at), ' (', time(ev.received_at, { rel: true }), ')'],
       replay.buttons, refreshButton()),
     replay.area,
+    processingProblem(ev),
     h('div', { class: 'grid-2' },
       card('Call', summary),
       card('Rule verdicts', verdicts(ev, record, jobs), {
@@ -740,6 +764,25 @@ async function renderEvent(ctx) {
     card('Raw push', rawBody(ev.raw_body)));
   ctx.mount(view);
   if (ev.state !== 'processed' || jobs.some((j) => j.status === 'pending' || j.status === 'retrying')) ctx.refreshIn(3000);
+}
+
+// Why an event is not processed (yet): a stored row that cannot be read back, failed attempts,
+// quarantine; a quarantined event can be put back in the queue from here.
+function processingProblem(ev) {
+  if (!ev.unreadable && !ev.last_error && ev.state !== 'quarantined') return null;
+  const quarantined = ev.state === 'quarantined';
+  const retry = quarantined ? h('button', { type: 'button', class: 'btn btn-small', 'data-action': 'retry-event',
+    onclick: async (e) => {
+      const done = await act(e.currentTarget, () => api(`/v1/events/${ev.id}/retry`, { method: 'POST' }),
+        `Event #${ev.id} is back in the processing queue`);
+      if (done) route({ quiet: true });
+    } }, 'Retry processing') : null;
+  return h('div', { class: ['banner', quarantined ? 'tone-bad' : 'tone-warn'], role: 'alert', 'data-problem': ev.state },
+    h('strong', null, quarantined ? 'Quarantined: this event is kept out of processing' : 'Processing this event failed; it will be retried'),
+    ev.unreadable ? h('span', null, 'Its stored view cannot be read back: ', h('code', null, ev.unreadable), '. The raw push is below.') : null,
+    ev.last_error ? h('span', null, `Last error${ev.failures ? ` (attempt ${ev.failures})` : ''}: `, h('code', null, ev.last_error)) : null,
+    quarantined ? h('span', null, 'Quarantined ', time(ev.quarantined_at), '. Fix the cause, then retry it; the rest of the queue was not held up.') : null,
+    retry ? h('div', { class: 'actions' }, retry) : null);
 }
 
 // Replay this event against the rules running now: a dry run reports what they would do; a real
