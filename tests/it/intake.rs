@@ -312,7 +312,13 @@ fn bad_and_odd_inputs() -> Vec<Case> {
             None,
             None,
         ),
-        case("nested at the limit (100 levels)", nested(99), 202, None, None),
+        case(
+            "nested at the limit (100 levels)",
+            nested(99),
+            202,
+            None,
+            None,
+        ),
         case(
             "huge integer",
             "{\"call_id\":\"big\",\"queue_time\":123456789012345678901234567890}",
