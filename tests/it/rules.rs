@@ -595,16 +595,7 @@ async fn rules_api_lists_status_and_dry_runs() {
 
     // End to end: a posted sample is evaluated, and its trace names rules and jobs.
     let (_, ack) = server.post(sample("abandoned-long-wait.json"), None).await;
-    let path = format!("/v1/events/{}", ack["id"]);
-    let event = eventually(
-        Duration::from_secs(10),
-        "the event to be processed",
-        || async {
-            let (_, event) = server.admin_get(&path).await;
-            (event["state"] == "processed").then_some(event)
-        },
-    )
-    .await;
+    let event = server.processed_trace(ack["id"].as_i64().unwrap()).await;
     let kinds: Vec<&str> = event["jobs"]
         .as_array()
         .unwrap()

@@ -214,6 +214,20 @@ impl TestServer {
         json_response(response).await
     }
 
+    /// Waits until event `id` is processed (its jobs may still be running); returns its trace.
+    pub async fn processed_trace(&self, id: i64) -> Value {
+        let path = format!("/v1/events/{id}");
+        eventually(
+            Duration::from_secs(30),
+            "the event to be processed",
+            || async {
+                let (_, trace) = self.admin_get(&path).await;
+                (trace["state"] == "processed").then_some(trace)
+            },
+        )
+        .await
+    }
+
     /// Waits until event `id` is processed and every job it made has settled (none pending or
     /// retrying); returns its trace (`GET /v1/events/{id}`).
     pub async fn settled_trace(&self, id: i64) -> Value {

@@ -2,7 +2,7 @@
 //! what-if roots. A rule that misbehaves fails alone, with an error that says why; every other
 //! rule still runs and the service goes on.
 
-use crate::util::{ADMIN_TOKEN, TestServer, eventually, send};
+use crate::util::{ADMIN_TOKEN, TestServer, send};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -68,16 +68,7 @@ async fn a_runaway_rule_and_an_action_flood_fail_alone_in_serve() {
         "customer_phone": "13800000000", "queue_time": 90});
     let (status, ack) = server.post(body.to_string(), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
-    let path = format!("/v1/events/{}", ack["id"]);
-    let trace = eventually(
-        Duration::from_secs(30),
-        "the event to be processed",
-        || async {
-            let (_, trace) = server.admin_get(&path).await;
-            (trace["state"] == "processed").then_some(trace)
-        },
-    )
-    .await;
+    let trace = server.processed_trace(ack["id"].as_i64().unwrap()).await;
 
     let runaway = verdict(&trace, "runaway");
     assert_eq!(runaway["verdict"], "error", "{trace}");
