@@ -28,21 +28,14 @@ macro_rules! impl_store {
                 sql::count_hits!(&self.$r, key, since)
             }
 
-            async fn count_hits_as_of(
+            async fn hit_ordinal_as_of(
                 &self,
                 key: &str,
-                since: Millis,
-                until: Millis,
-                before_event: EventId,
+                event_id: EventId,
+                at: Millis,
+                window_ms: Millis,
             ) -> Result<u64, StoreError> {
-                let (count,): (i64,) = sqlx::query_as(sql::COUNT_HITS_AS_OF)
-                    .bind(key)
-                    .bind(since)
-                    .bind(until)
-                    .bind(before_event)
-                    .fetch_one(&self.$r)
-                    .await?;
-                Ok(u64::try_from(count).unwrap_or(0))
+                sql::hit_ordinal_as_of!(&self.$r, key, event_id, at, window_ms)
             }
 
             async fn get_evaluation(
