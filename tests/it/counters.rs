@@ -340,7 +340,8 @@ async fn hits_of_different_keys_do_not_wait_on_each_other() {
         "the busy key's hit to wait for its lock",
         || async {
             let (waiters,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .fetch_one(&pool)
             .await
