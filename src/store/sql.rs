@@ -483,7 +483,10 @@ macro_rules! finish_events {
                     *round += 1;
                 }
             }
-            for round in rounds {
+            for mut round in rounds {
+                // In one order in every transaction, so that processors opening windows of the
+                // same keys at once wait for each other instead of deadlocking.
+                round.sort_by(|(_, a), (_, b)| (&a.rule, &a.key).cmp(&(&b.rule, &b.key)));
                 let requests: Vec<&super::RuleThrottle> = round.iter().map(|(_, t)| *t).collect();
                 let opened: std::collections::HashSet<(String, String)> =
                     sql::open_throttles::<$db>(&requests)
