@@ -15,29 +15,6 @@ macro_rules! impl_store {
                 sql::fetch_one_row!(&self.$r, EventRow, sql::GET_EVENT.as_str(), id)
             }
 
-            async fn finish_events(
-                &self,
-                finished: &[Finished],
-                owner: &str,
-                now: Millis,
-            ) -> Result<Vec<EventId>, StoreError> {
-                sql::finish_events!($db, self.$w, finished, owner, now)
-            }
-
-            async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-                sql::count_hits!(&self.$r, key, since)
-            }
-
-            async fn hit_ordinal_as_of(
-                &self,
-                key: &str,
-                event_id: EventId,
-                at: Millis,
-                window_ms: Millis,
-            ) -> Result<u64, StoreError> {
-                sql::hit_ordinal_as_of!(&self.$r, key, event_id, at, window_ms)
-            }
-
             async fn get_evaluation(
                 &self,
                 event_id: EventId,

@@ -7,6 +7,7 @@ mod postgres;
 mod row;
 mod sql;
 mod sqlite;
+mod sqlite_hits;
 
 use common::impl_store;
 
@@ -398,7 +399,8 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Records processed events, all in one transaction: each one leaves the queue and gets its
-    /// evaluation and jobs (its counter hits were recorded while it was evaluated). Events that
+    /// evaluation and jobs (its counter hits were recorded while it was evaluated; SQLite stores
+    /// them, and every other hit numbered so far, in this transaction). Events that
     /// `owner` no longer holds the lease on (it expired and another processor claimed them) are
     /// left alone, so that an event's jobs are written once; the returned ids are the events
     /// this call finished.
@@ -416,10 +418,12 @@ pub trait Store: Send + Sync + 'static {
     /// ordinal within the window of `window_ms` ending at `at`: how many of the key's hits at or
     /// after `at - window_ms` were recorded before it, plus one. Atomic per key, however many
     /// processors and instances record at once: two hits of a key never get the same ordinal
-    /// and none is skipped; different keys do not wait on each other. Committed on return (its
-    /// own transaction), so every later hit counts it. A hit the event already has is kept:
-    /// the call answers the count it had ([`Store::hit_ordinal_as_of`]), so an event evaluated
-    /// again after a crash sees what it saw the first time.
+    /// and none is skipped; different keys do not wait on each other. Every later hit counts
+    /// it: PostgreSQL commits it before returning (its own transaction); SQLite (one process)
+    /// numbers it in process and stores it with the next batch finished, before or with every
+    /// evaluation that counted it. A hit the event already has is kept: the call answers the
+    /// count it had ([`Store::hit_ordinal_as_of`]), so an event evaluated again sees what it saw
+    /// the first time.
     async fn record_hit(
         &self,
         key: &str,

@@ -125,6 +125,29 @@ super::impl_store! {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
+    async fn finish_events(
+        &self,
+        finished: &[Finished],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<EventId>, StoreError> {
+        sql::finish_events!(Postgres, self.pool, finished, owner, now)
+    }
+
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
+        sql::count_hits!(&self.pool, key, since)
+    }
+
+    async fn hit_ordinal_as_of(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        sql::hit_ordinal_as_of!(&self.pool, key, event_id, at, window_ms)
+    }
+
     async fn record_hit(
         &self,
         key: &str,

@@ -423,9 +423,20 @@ pub(super) fn record_texts(finished: &[&Finished]) -> Result<Vec<String>, StoreE
 
 /// The body of `Store::finish_events`, the same for both backends (a macro because the
 /// transaction's executor types differ): remove the events `owner` still holds from the queue,
-/// then write their evaluations and jobs, in one transaction.
+/// then write their evaluations and jobs, in one transaction, committed by `$commit` (a function
+/// of the transaction; by default its `commit`).
 macro_rules! finish_events {
-    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr) => {{
+    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr) => {
+        sql::finish_events!(
+            $db,
+            $pool,
+            $finished,
+            $owner,
+            $now,
+            |tx: sqlx::Transaction<'static, $db>| tx.commit()
+        )
+    };
+    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr, $commit:expr) => {{
         let (finished, owner, now): (&[Finished], &str, Millis) = ($finished, $owner, $now);
         if finished.is_empty() {
             return Ok(Vec::new());
@@ -509,7 +520,7 @@ macro_rules! finish_events {
                 qb.build().execute(&mut *tx).await?;
             }
         }
-        tx.commit().await?;
+        ($commit)(tx).await?;
         let mut ids: Vec<EventId> = kept.iter().map(|f| f.event_id).collect();
         ids.sort_unstable();
         Ok(ids)

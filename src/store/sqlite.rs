@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: one database file in WAL mode with `synchronous=FULL`, so a
 //! commit is on disk before the call returns.
 
+use super::sqlite_hits::PendingHits;
 use super::{
     CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
     InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
@@ -8,14 +9,13 @@ use super::{
     row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
     sql,
 };
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Rows per multi-row statement: 10 parameters each stays far below SQLite's variable limit.
@@ -30,6 +30,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Windowed-counter hits numbered and not stored yet (the file is this process's alone).
+    hits: Arc<PendingHits>,
 }
 
 impl SqliteStore {
@@ -58,7 +60,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            hits: Arc::default(),
+        })
     }
 }
 
@@ -153,6 +159,36 @@ super::impl_store! {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
+    async fn finish_events(
+        &self,
+        finished: &[Finished],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<EventId>, StoreError> {
+        // The batch stores every hit numbered so far with it (so every hit its evaluations
+        // counted), and they stop being pending once it has committed.
+        let hits = self.hits.snapshot().await;
+        let pending = &self.hits;
+        sql::finish_events!(Sqlite, self.writer, finished, owner, now, |tx| pending
+            .commit_with(tx, hits))
+    }
+
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
+        self.hits.count(&self.reader, key, since).await
+    }
+
+    async fn hit_ordinal_as_of(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        self.hits
+            .ordinal_as_of(&self.reader, key, event_id, at, window_ms)
+            .await
+    }
+
     async fn record_hit(
         &self,
         key: &str,
@@ -160,11 +196,9 @@ super::impl_store! {
         at: Millis,
         window_ms: Millis,
     ) -> Result<u64, StoreError> {
-        // The one writer connection numbers hits one at a time; each sees every hit before it.
-        let mut writer = RelaxedWriter::acquire(&self.writer).await?;
-        let ordinal = record_hit_on(&mut writer.conn, key, event_id, at, window_ms).await;
-        writer.restore().await;
-        ordinal
+        self.hits
+            .record(&self.reader, key, event_id, at, window_ms)
+            .await
     }
 
     async fn claim_jobs(
@@ -196,133 +230,5 @@ super::impl_store! {
     async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
-    }
-}
-
-/// A new hit, numbered after its key's last. Binds: key, event id, at, window, ordinal.
-const INSERT_HIT: &str = "INSERT INTO counter_hits (key, event_id, at, seq, window_ms, ordinal) \
-     VALUES ($1, $2, $3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM counter_hits WHERE key = $1), \
-     $4, $5)";
-/// Adds a hit to its second's bucket. Binds: key, second.
-const ADD_TO_BUCKET: &str = "INSERT INTO counter_buckets (key, second, hits) VALUES ($1, $2, 1) \
-     ON CONFLICT (key, second) DO UPDATE SET hits = counter_buckets.hits + 1";
-
-/// `Store::record_hit` in one transaction on the writer connection `conn`.
-async fn record_hit_on(
-    conn: &mut SqliteConnection,
-    key: &str,
-    event_id: EventId,
-    at: Millis,
-    window_ms: Millis,
-) -> Result<u64, StoreError> {
-    let mut tx = conn.begin().await?;
-    let own: Option<(i64,)> =
-        sqlx::query_as("SELECT seq FROM counter_hits WHERE key = $1 AND event_id = $2")
-            .bind(key)
-            .bind(event_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if own.is_some() {
-        // Evaluated again: the count it had.
-        let ordinal = sql::hit_ordinal_as_of!(&mut *tx, key, event_id, at, window_ms)?;
-        tx.commit().await?;
-        return Ok(ordinal);
-    }
-    let since = at.saturating_sub(window_ms);
-    let before: Result<u64, StoreError> = sql::count_hits!(&mut *tx, key, since);
-    let ordinal = before?.saturating_add(1);
-    sqlx::query(INSERT_HIT)
-        .bind(key)
-        .bind(event_id)
-        .bind(at)
-        .bind(window_ms)
-        .bind(i64::try_from(ordinal).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(ADD_TO_BUCKET)
-        .bind(key)
-        .bind(sql::bucket_of(at))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(ordinal)
-}
-
-/// The writer connection with `synchronous=NORMAL`, for a counter hit's transaction: its commit
-/// is not flushed to disk by itself but by the next durable one (every other commit on the
-/// connection is `FULL`), and SQLite's WAL is appended and recovered in order. So a power loss
-/// can only lose hits recorded after the last durable commit, whose evaluations (committed
-/// after their hits) were lost with them: those events are evaluated again and numbered afresh,
-/// and no stored evaluation disagrees with the hits it counted. Put back to `FULL` before the
-/// connection returns to the pool; one that could not be is closed instead.
-struct RelaxedWriter {
-    conn: PoolConnection<Sqlite>,
-    restored: bool,
-}
-
-impl RelaxedWriter {
-    async fn acquire(pool: &SqlitePool) -> Result<Self, StoreError> {
-        let mut writer = RelaxedWriter {
-            conn: pool.acquire().await?,
-            restored: false,
-        };
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *writer.conn)
-            .await?;
-        Ok(writer)
-    }
-
-    async fn restore(mut self) {
-        match sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *self.conn)
-            .await
-        {
-            Ok(_) => self.restored = true,
-            Err(error) => tracing::warn!(
-                %error,
-                "could not set the writer back to synchronous=FULL; closing that connection"
-            ),
-        }
-    }
-}
-
-impl Drop for RelaxedWriter {
-    fn drop(&mut self) {
-        if !self.restored {
-            self.conn.close_on_drop();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_hit_leaves_the_writer_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("sb.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
-        let (event,): (i64,) = sqlx::query_as(
-            "INSERT INTO events (dedupe_key, received_at, raw_body, decoded, warnings) \
-             VALUES ('e', 1, x'', '{}', '[]') RETURNING id",
-        )
-        .fetch_one(&store.writer)
-        .await
-        .unwrap();
-        assert_eq!(
-            store.record_hit("k", event, 1_000, 60_000).await.unwrap(),
-            1
-        );
-        assert_eq!(
-            store.record_hit("k", event, 1_000, 60_000).await.unwrap(),
-            1
-        );
-        // 2 is FULL: the relaxed setting never outlives the hit's transaction.
-        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-            .fetch_one(&store.writer)
-            .await
-            .unwrap();
-        assert_eq!(level, 2);
     }
 }
