@@ -3,9 +3,10 @@
 //! The store contract on both backends: concurrent hits of one key are numbered 1, 2, 3, …, none
 //! shared and none skipped, and a hit keeps its ordinal (recorded again, recounted for another
 //! window, read back for a replay). Then the whole service, with several processors in one
-//! instance and with three real instances on PostgreSQL: each key's events are posted at once
-//! from concurrent clients, and every event of a key gets a different count, so the rule that
-//! fires at 10 fires exactly once per key; a replay and a what-if see the same counts.
+//! instance, and as real processes (SQLite alone, three instances on PostgreSQL) one of which is
+//! `kill -9`ed midway: each key's events are posted at once from concurrent clients, and every
+//! event of a key gets a different count, so the rule that fires at 10 fires exactly once per
+//! key; a replay and a what-if see the same counts.
 
 use crate::store::{backends, new_event};
 use crate::util::*;
