@@ -179,7 +179,6 @@ async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, inst
                 event_id: event.id,
                 ruleset_version: "bench".into(),
                 record: serde_json::json!({}),
-                counter_hits: Vec::new(),
                 jobs: vec![NewJob {
                     rule: "hook".into(),
                     action_index: 0,

@@ -76,10 +76,9 @@ pub struct Config {
     pub processing_max_failures: u32,
     /// The wait after an event's first failed attempt; it doubles after each further one.
     pub processing_retry_backoff: Duration,
-    /// Processors per instance (each claims and evaluates a batch at a time). One keeps
-    /// windowed counters exact: events are evaluated in order, each seeing every earlier hit.
-    /// More help on PostgreSQL, where a processor mostly waits on round trips, at the price of
-    /// counts that may miss the hits of events being evaluated at the same moment.
+    /// Processors per instance (each claims and evaluates a batch at a time). Windowed counters
+    /// stay exact however many there are; more keep the CPU busy while others wait on the
+    /// store's round trips.
     pub processors: usize,
     /// How long windowed-counter hits are kept (a `count_in_window` over a longer window
     /// undercounts); expired throttle windows are dropped as well.
@@ -195,7 +194,7 @@ impl Config {
             processing_poll: Duration::from_secs(1),
             processing_max_failures: 5,
             processing_retry_backoff: Duration::from_millis(2000),
-            processors: 1,
+            processors: 4,
             counter_retention: Duration::from_secs(30 * 24 * 3600),
             rule_settings: Default::default(),
             webhook_targets: BTreeMap::new(),
@@ -870,7 +869,7 @@ mod tests {
         );
         let err = load("counter_retention = \"forever\"\n").unwrap_err();
         assert!(err.to_string().contains("counter_retention"), "{err}");
-        assert_eq!(load("").unwrap().processors, 1);
+        assert_eq!(load("").unwrap().processors, 4);
         let err = load("processors = 0\n").unwrap_err();
         assert!(err.to_string().contains("processors"), "{err}");
     }

@@ -10,8 +10,8 @@ use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
 use crate::store::{
-    EventFailure, EventNext, Finished, Lease, Millis, NewJob, RuleThrottle, Store, StoredEvent,
-    now_millis,
+    EventFailure, EventId, EventNext, Finished, Lease, Millis, NewJob, RuleThrottle, Store,
+    StoredEvent, now_millis,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -193,11 +193,11 @@ struct Failed {
     reason: String,
 }
 
-/// Evaluates a batch of claimed events (on an evaluation thread: evaluation is CPU work, reads
-/// counters synchronously, and may need a deep stack) and records every evaluation, with its counter hits and jobs, in the
-/// one transaction that finishes the batch. An event that cannot be read back or evaluated, or
-/// whose evaluation the store refuses, is failed on its own (retried later, or quarantined)
-/// while the rest are recorded. Returns the kinds of the jobs it recorded, or `None` when the
+/// Evaluates a batch of claimed events (on an evaluation thread: evaluation is CPU work, records
+/// counter hits synchronously, each as it is made, and may need a deep stack) and records every
+/// evaluation, with its jobs, in the one transaction that finishes the batch. An event that
+/// cannot be read back or evaluated, or whose evaluation the store refuses, is failed on its own
+/// (retried later, or quarantined) while the rest are recorded. Returns the kinds of the jobs it recorded, or `None` when the
 /// batch could not be recorded because the store failed: a failed write is retried while the
 /// lease lasts (the events are still ours), after that the events are claimed and evaluated
 /// again.
@@ -223,12 +223,15 @@ async fn process(
     let handle = tokio::runtime::Handle::current();
     let evaluated = on_evaluation_thread(move || {
         let ruleset = rules.current();
-        let counters = Arc::new(StoreCounters::new(store2, handle));
         events
             .iter()
             .map(|event| {
                 let ctx = EvalContext {
-                    counters: counters.clone(),
+                    counters: Arc::new(StoreCounters {
+                        store: store2.clone(),
+                        runtime: handle.clone(),
+                        event_id: event.id,
+                    }),
                     at_ms: event.received_at,
                     record_stats: true,
                     prefilter: true,
@@ -243,7 +246,6 @@ async fn process(
                     failures: event.failures,
                     reason: format!("evaluation panicked: {}", panic_message(&*panic)),
                 })?;
-                counters.add(&evaluation);
                 metrics_for(&eval_metrics, &evaluation);
                 Ok((
                     event.failures,
@@ -523,78 +525,61 @@ pub fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> 
         event_id,
         throttles,
         ruleset_version: evaluation.ruleset_version.clone(),
-        counter_hits: evaluation
-            .counter_hits
-            .iter()
-            .map(|hit| (hit.key.clone(), hit.at_ms))
-            .collect(),
         record: serde_json::to_value(&evaluation).unwrap_or_default(),
         jobs,
     }
 }
 
-/// Counters as the store has them, plus the hits of this batch's earlier events (not yet
-/// committed: the batch is recorded in one transaction). Reads block on the runtime: use it from
-/// a blocking thread. Dry runs use it too, and simply never store the hits.
+/// The windowed counters of one event being processed: each hit is recorded in the store as it
+/// is made and gets its exact ordinal there (per key, across processors and instances); an
+/// event evaluated again gets the ordinals it had. Blocks on the runtime: use it from a
+/// blocking thread.
 pub struct StoreCounters {
-    store: Arc<dyn Store>,
-    runtime: tokio::runtime::Handle,
-    batch_hits: Mutex<Vec<(String, Millis)>>,
-}
-
-impl StoreCounters {
-    pub fn new(store: Arc<dyn Store>, runtime: tokio::runtime::Handle) -> Self {
-        StoreCounters {
-            store,
-            runtime,
-            batch_hits: Mutex::default(),
-        }
-    }
-
-    fn add(&self, evaluation: &Evaluation) {
-        let mut hits = self.batch_hits.lock().unwrap_or_else(|p| p.into_inner());
-        hits.extend(
-            evaluation
-                .counter_hits
-                .iter()
-                .map(|h| (h.key.clone(), h.at_ms)),
-        );
-    }
+    pub store: Arc<dyn Store>,
+    pub runtime: tokio::runtime::Handle,
+    pub event_id: EventId,
 }
 
 impl CounterSource for StoreCounters {
-    fn count_since(&self, key: &str, since_ms: i64) -> Result<u64, String> {
-        let stored = self
-            .runtime
-            .block_on(self.store.count_hits(key, since_ms))
-            .map_err(|error| format!("the counter store is unavailable: {error}"))?;
-        let pending = self
-            .batch_hits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(k, at)| k == key && *at >= since_ms)
-            .count() as u64;
-        Ok(stored + pending)
+    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String> {
+        self.runtime
+            .block_on(self.store.record_hit(key, self.event_id, at_ms, window_ms))
+            .map_err(|error| format!("the counter store is unavailable: {error}"))
     }
 }
 
-/// Counters as they stood when a stored event was first evaluated: the hits of earlier events
-/// up to its time. Replay and what-if use it, so that re-evaluating history counts what the
-/// event saw, not what came after it. Reads block on the runtime: use it from a blocking thread.
+/// Counters as the store has them, for a dry run: what the next hit's ordinal would be, and
+/// nothing is recorded. Blocks on the runtime: use it from a blocking thread.
+pub struct DryRunCounters {
+    pub store: Arc<dyn Store>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl CounterSource for DryRunCounters {
+    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String> {
+        self.runtime
+            .block_on(self.store.count_hits(key, at_ms.saturating_sub(window_ms)))
+            .map(|stored| stored + 1)
+            .map_err(|error| format!("the counter store is unavailable: {error}"))
+    }
+}
+
+/// Counters as they stood when a stored event was first evaluated: the ordinals its hits got
+/// (for a key it never counted, the hits of earlier events up to its time, plus one). Replay and
+/// what-if use it, so that re-evaluating history counts what the event saw, not what came after
+/// it; nothing is recorded. Blocks on the runtime: use it from a blocking thread.
 pub struct HistoricCounters {
     pub store: Arc<dyn Store>,
     pub runtime: tokio::runtime::Handle,
-    pub event_id: i64,
-    pub at_ms: Millis,
+    pub event_id: EventId,
 }
 
 impl CounterSource for HistoricCounters {
-    fn count_since(&self, key: &str, since_ms: i64) -> Result<u64, String> {
+    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String> {
         self.runtime
             .block_on(
                 self.store
-                    .count_hits_as_of(key, since_ms, self.at_ms, self.event_id),
+                    .hit_ordinal_as_of(key, self.event_id, at_ms, window_ms),
             )
             .map_err(|error| format!("the counter store is unavailable: {error}"))
     }

@@ -125,7 +125,6 @@ async fn evaluate_all(
                     store: store.clone(),
                     runtime: handle.clone(),
                     event_id: event.id,
-                    at_ms: event.received_at,
                 });
                 let ctx = EvalContext {
                     counters,

@@ -2,7 +2,7 @@
 //! `POST /v1/rules/try` (a dry run of a payload: no side effects).
 
 use super::{ApiError, AppState};
-use crate::processor::StoreCounters;
+use crate::processor::DryRunCounters;
 use crate::rules::{RuleStatus, tools};
 use axum::Json;
 use axum::body::Bytes;
@@ -41,10 +41,10 @@ pub async fn try_rules(
     body: Bytes,
 ) -> Result<Json<crate::rules::Evaluation>, ApiError> {
     let rules = state.rules.clone();
-    let counters = Arc::new(StoreCounters::new(
-        state.store.clone(),
-        tokio::runtime::Handle::current(),
-    ));
+    let counters = Arc::new(DryRunCounters {
+        store: state.store.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
     let evaluation = crate::processor::on_evaluation_thread(move || {
         tools::try_payload_with(&rules, &body, counters)
     })

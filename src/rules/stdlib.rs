@@ -12,29 +12,37 @@ use std::time::Duration;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
-/// Read access to the stored windowed counters.
+/// The windowed counters, as one event's evaluation sees them.
 pub trait CounterSource: Send + Sync {
-    /// Hits recorded under `key` at or after `since_ms` (unix milliseconds). An error makes
-    /// the calling rule fail (recorded), rather than count wrong.
-    fn count_since(&self, key: &str, since_ms: i64) -> Result<u64, String>;
+    /// Counts the event under `key` at `at_ms` (unix milliseconds) and returns its ordinal among
+    /// the key's hits within the `window_ms` before, this one included. A source that stores
+    /// hits records one per event and key, and answers every later evaluation of the event
+    /// with the count it had. An error makes the calling rule fail (recorded), rather than
+    /// count wrong.
+    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String>;
 }
 
-/// A counter source with nothing in it, or with fixed counts: for dry runs and rule tests.
+/// A counter source with nothing in it, or with fixed counts (the hits already stored): for
+/// dry runs and rule tests. Nothing is recorded.
 #[derive(Debug, Default, Clone)]
 pub struct FixedCounters(pub HashMap<String, u64>);
 
 impl CounterSource for FixedCounters {
-    fn count_since(&self, key: &str, _since_ms: i64) -> Result<u64, String> {
-        Ok(self.0.get(key).copied().unwrap_or(0))
+    fn hit(&self, key: &str, _at_ms: i64, _window_ms: i64) -> Result<u64, String> {
+        Ok(self.0.get(key).copied().unwrap_or(0) + 1)
     }
 }
 
-/// One hit of `count_in_window`, for the caller to store with the evaluation.
+/// One `count_in_window` call, for the evaluation record: the key, the event's time, the
+/// window, and the count it returned.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CounterHit {
     pub key: String,
     pub at_ms: i64,
     pub window_ms: i64,
+    /// The event's ordinal in the window (absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// What helpers may see while one event is evaluated (set per evaluation, per thread).
@@ -70,8 +78,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// `count_in_window(key, "5m")`: records this event under `key` and returns how many events
-/// were recorded under it within the window, this one included.
+/// `count_in_window(key, "5m")`: counts this event under `key` and returns its ordinal among the
+/// key's hits within the window, this one included. Asked again for the same key and window in
+/// the same evaluation (by another rule), it answers the same.
 pub fn count_in_window(key: &str, window: &str) -> RhaiResult<i64> {
     let _store_wait = super::budget::pause(); // the store's time is not the rule's
     let window = parse_duration(window).map_err(|e| error(format!("count_in_window: {e}")))?;
@@ -81,22 +90,28 @@ pub fn count_in_window(key: &str, window: &str) -> RhaiResult<i64> {
         let state = state.as_mut().ok_or_else(|| {
             error("count_in_window is only available while an event is evaluated".into())
         })?;
-        let since = state.at_ms.saturating_sub(window_ms);
-        let stored = state
-            .counters
-            .count_since(key, since)
-            .map_err(|e| error(format!("count_in_window: {e}")))?;
-        let pending = state
+        let asked = state
             .hits
             .iter()
-            .filter(|h| h.key == key && h.at_ms >= since)
-            .count() as u64;
-        state.hits.push(CounterHit {
-            key: key.to_string(),
-            at_ms: state.at_ms,
-            window_ms,
-        });
-        Ok(i64::try_from(stored + pending + 1).unwrap_or(i64::MAX))
+            .find(|h| h.key == key && h.window_ms == window_ms)
+            .and_then(|h| h.count);
+        let count = match asked {
+            Some(count) => count,
+            None => {
+                let count = state
+                    .counters
+                    .hit(key, state.at_ms, window_ms)
+                    .map_err(|e| error(format!("count_in_window: {e}")))?;
+                state.hits.push(CounterHit {
+                    key: key.to_string(),
+                    at_ms: state.at_ms,
+                    window_ms,
+                    count: Some(count),
+                });
+                count
+            }
+        };
+        Ok(i64::try_from(count).unwrap_or(i64::MAX))
     })
 }
 
@@ -286,10 +301,20 @@ mod tests {
     }
 
     #[test]
-    fn counter_counts_stored_pending_and_this_hit() {
-        let counters = Arc::new(FixedCounters([("k".to_string(), 4)].into()));
+    fn counter_asks_the_source_once_per_key_and_window() {
+        /// Hands out 1, 2, 3, … across keys and remembers who asked.
+        #[derive(Default)]
+        struct Numbering(Mutex<Vec<(String, i64)>>);
+        impl CounterSource for Numbering {
+            fn hit(&self, key: &str, _at_ms: i64, window_ms: i64) -> Result<u64, String> {
+                let mut asked = self.0.lock().unwrap();
+                asked.push((key.to_string(), window_ms));
+                Ok(asked.len() as u64)
+            }
+        }
+        let counters = Arc::new(Numbering::default());
         let state = EvalState {
-            counters,
+            counters: counters.clone(),
             at_ms: 10_000,
             hits: Vec::new(),
         };
@@ -298,18 +323,32 @@ mod tests {
                 count_in_window("k", "5m").unwrap(),
                 count_in_window("k", "5m").unwrap(),
                 count_in_window("other", "5m").unwrap(),
+                count_in_window("k", "1h").unwrap(),
             )
         });
-        assert_eq!(counts, (5, 6, 1));
+        assert_eq!(
+            counts,
+            (1, 1, 2, 3),
+            "the same key and window answers the same"
+        );
+        assert_eq!(counters.0.lock().unwrap().len(), 3);
         assert_eq!(state.hits.len(), 3);
         assert_eq!(
             state.hits[0],
             CounterHit {
                 key: "k".into(),
                 at_ms: 10_000,
-                window_ms: 300_000
+                window_ms: 300_000,
+                count: Some(1),
             }
         );
         assert!(count_in_window("k", "5m").is_err(), "outside an evaluation");
+        let fixed = FixedCounters([("k".to_string(), 4)].into());
+        assert_eq!(
+            fixed.hit("k", 0, 1).unwrap(),
+            5,
+            "stored hits plus this one"
+        );
+        assert_eq!(fixed.hit("none", 0, 1).unwrap(), 1);
     }
 }

@@ -15,15 +15,6 @@ macro_rules! impl_store {
                 sql::fetch_one_row!(&self.$r, EventRow, sql::GET_EVENT.as_str(), id)
             }
 
-            async fn finish_events(
-                &self,
-                finished: &[Finished],
-                owner: &str,
-                now: Millis,
-            ) -> Result<Vec<EventId>, StoreError> {
-                sql::finish_events!($db, self.$w, finished, owner, now)
-            }
-
             async fn fail_events(
                 &self,
                 failures: &[super::EventFailure],
@@ -68,27 +59,6 @@ macro_rules! impl_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.$r)
                     .await?)
-            }
-
-            async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-                sql::count_hits!(&self.$r, key, since)
-            }
-
-            async fn count_hits_as_of(
-                &self,
-                key: &str,
-                since: Millis,
-                until: Millis,
-                before_event: EventId,
-            ) -> Result<u64, StoreError> {
-                let (count,): (i64,) = sqlx::query_as(sql::COUNT_HITS_AS_OF)
-                    .bind(key)
-                    .bind(since)
-                    .bind(until)
-                    .bind(before_event)
-                    .fetch_one(&self.$r)
-                    .await?;
-                Ok(u64::try_from(count).unwrap_or(0))
             }
 
             async fn get_evaluation(

@@ -9,6 +9,7 @@ mod quarantine;
 mod row;
 mod sql;
 mod sqlite;
+mod sqlite_hits;
 
 use common::impl_store;
 
@@ -156,8 +157,6 @@ pub struct Finished {
     pub ruleset_version: String,
     /// The evaluation record (each rule's verdict, actions, errors, timing).
     pub record: serde_json::Value,
-    /// Windowed-counter hits this evaluation made (keys counted at `at`).
-    pub counter_hits: Vec<(String, Millis)>,
     /// The actions matching rules asked for.
     pub jobs: Vec<NewJob>,
     /// Throttles of the rules that matched: a rule whose window for the key is still open gets
@@ -454,9 +453,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_quarantined(&self, limit: u32) -> Result<Vec<QuarantinedEvent>, StoreError>;
 
     /// Records processed events, all in one transaction: each one leaves the queue and gets its
-    /// evaluation, counter hits and jobs. Events that `owner` no longer holds the lease on (it
-    /// expired and another processor claimed them) are left alone, so that an event's jobs are
-    /// written once; the returned ids are the events this call finished.
+    /// evaluation and jobs (its counter hits were recorded while it was evaluated; SQLite stores
+    /// them, and every other hit numbered so far, in this transaction). Events that
+    /// `owner` no longer holds the lease on (it expired and another processor claimed them) are
+    /// left alone, so that an event's jobs are written once; the returned ids are the events
+    /// this call finished.
     async fn finish_events(
         &self,
         finished: &[Finished],
@@ -467,14 +468,35 @@ pub trait Store: Send + Sync + 'static {
     /// How many hits `key` has at or after `since` (committed ones only).
     async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError>;
 
-    /// How many hits `key` had as an earlier event saw them: at `since..=until`, made by events
-    /// with ids below `before_event` (replay and what-if re-evaluate history with it).
-    async fn count_hits_as_of(
+    /// Records event `event_id`'s hit on the windowed counter `key` at `at` and returns its
+    /// ordinal within the window of `window_ms` ending at `at`: how many of the key's hits at or
+    /// after `at - window_ms` were recorded before it, plus one. Atomic per key, however many
+    /// processors and instances record at once: two hits of a key never get the same ordinal
+    /// and none is skipped; different keys do not wait on each other. Every later hit counts
+    /// it: PostgreSQL commits it before returning (its own transaction); SQLite (one process)
+    /// numbers it in process and stores it with the next batch finished, before or with every
+    /// evaluation that counted it. A hit the event already has is kept: the call answers the
+    /// count it had ([`Store::hit_ordinal_as_of`]), so an event evaluated again sees what it saw
+    /// the first time.
+    async fn record_hit(
         &self,
         key: &str,
-        since: Millis,
-        until: Millis,
-        before_event: EventId,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError>;
+
+    /// The ordinal event `event_id` had (or would have had) on `key` within the window of
+    /// `window_ms` ending at `at`, without recording anything (replay and what-if re-evaluate
+    /// history with it): for a hit it has, the one it got (the same window), or its key's hits
+    /// in the window up to and including it (another window); for a key it never hit, the hits
+    /// of earlier events within the window up to `at`, plus one.
+    async fn hit_ordinal_as_of(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
     ) -> Result<u64, StoreError>;
 
     /// The evaluation of a processed event.

@@ -126,6 +126,53 @@ super::impl_store! {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
+    async fn finish_events(
+        &self,
+        finished: &[Finished],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<EventId>, StoreError> {
+        sql::finish_events!(Postgres, self.pool, finished, owner, now)
+    }
+
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
+        sql::count_hits!(&self.pool, key, since)
+    }
+
+    async fn hit_ordinal_as_of(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        sql::hit_ordinal_as_of!(&self.pool, key, event_id, at, window_ms)
+    }
+
+    async fn record_hit(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        // One round trip: migration 0014's function takes the key's lock, numbers the hit and
+        // commits it (see there why its commit need not wait for the WAL flush).
+        let since = at.saturating_sub(window_ms);
+        let (ordinal,): (i64,) =
+            sqlx::query_as("SELECT switchboard_counter_hit($1, $2, $3, $4, $5, $6, $7)")
+                .bind(key)
+                .bind(event_id)
+                .bind(at)
+                .bind(window_ms)
+                .bind(since)
+                .bind(sql::bucket_of(since))
+                .bind(sql::bucket_of(at))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(ordinal).unwrap_or(0))
+    }
+
     async fn claim_jobs(
         &self,
         lease: &Lease,

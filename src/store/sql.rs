@@ -134,58 +134,6 @@ where
     qb
 }
 
-/// Counter hits of finished events; `None` when there are none.
-pub(super) fn insert_counter_hits<'a, DB>(
-    finished: &'a [&'a Finished],
-) -> Option<QueryBuilder<'a, DB>>
-where
-    DB: Database,
-    &'a String: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    let hits: Vec<(&String, EventId, Millis)> = finished
-        .iter()
-        .flat_map(|f| {
-            f.counter_hits
-                .iter()
-                .map(|(key, at)| (key, f.event_id, *at))
-        })
-        .collect();
-    if hits.is_empty() {
-        return None;
-    }
-    let mut qb = QueryBuilder::new("INSERT INTO counter_hits (key, event_id, at) ");
-    qb.push_values(hits, |mut row, (key, event_id, at)| {
-        row.push_bind(key).push_bind(event_id).push_bind(at);
-    });
-    // Only hits not stored before come back: those are added to the per-second buckets.
-    qb.push(" ON CONFLICT DO NOTHING RETURNING key, at");
-    Some(qb)
-}
-
-/// Adds newly stored hits to the per-second buckets; `None` when there are none.
-pub(super) fn add_to_buckets<'a, DB>(hits: &'a [(String, Millis)]) -> Option<QueryBuilder<'a, DB>>
-where
-    DB: Database,
-    String: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
-{
-    // One row per (key, second): an upsert may not touch a row twice in one statement.
-    let mut buckets: std::collections::BTreeMap<(&String, i64), i64> = Default::default();
-    for (key, at) in hits {
-        *buckets.entry((key, bucket_of(*at))).or_default() += 1;
-    }
-    if buckets.is_empty() {
-        return None;
-    }
-    let mut qb = QueryBuilder::new("INSERT INTO counter_buckets (key, second, hits) ");
-    qb.push_values(buckets, |mut row, ((key, second), hits)| {
-        row.push_bind(key.clone()).push_bind(second).push_bind(hits);
-    });
-    qb.push(" ON CONFLICT (key, second) DO UPDATE SET hits = counter_buckets.hits + excluded.hits");
-    Some(qb)
-}
-
 /// The second a hit at `at_ms` is counted in.
 pub(super) fn bucket_of(at_ms: Millis) -> i64 {
     at_ms.div_euclid(1000)
@@ -210,10 +158,60 @@ pub(super) const PRUNE_INSTANCES: &str = "DELETE FROM instances WHERE id IN \
 pub(super) const PRUNE_THROTTLES: &str = "DELETE FROM throttles WHERE (rule, key) IN \
      (SELECT rule, key FROM throttles WHERE until < $1 LIMIT $2)";
 
-/// Hits of a key as an earlier event saw them (raw hits: history is re-read rarely). Binds: key,
-/// since, until, the event's id.
+/// An event's own hit on a key: its place, and the window and ordinal it was recorded with
+/// (both NULL for hits recorded before ordinals were kept). Binds: key, event id.
+pub(super) const HIT_OF_EVENT: &str =
+    "SELECT seq, window_ms, ordinal FROM counter_hits WHERE key = $1 AND event_id = $2";
+
+/// A key's hits within a window up to a place (raw hits: this is the rare path, an event
+/// evaluated again). Binds: key, since, seq.
+pub(super) const COUNT_HITS_UP_TO: &str =
+    "SELECT COUNT(*) FROM counter_hits WHERE key = $1 AND at >= $2 AND seq <= $3";
+
+/// Hits of a key as an event that never hit it would have seen them (raw hits: history is
+/// re-read rarely). Binds: key, since, until, the event's id.
 pub(super) const COUNT_HITS_AS_OF: &str = "SELECT COUNT(*) FROM counter_hits \
      WHERE key = $1 AND at >= $2 AND at <= $3 AND event_id < $4";
+
+/// The body of `Store::hit_ordinal_as_of`, reading through `$exec` (a pool, or a transaction as
+/// `&mut *tx`): the ordinal an event's hit got, recounted for another window up to its place,
+/// or for a key it never hit, one more than the earlier events' hits up to its time.
+macro_rules! hit_ordinal_as_of {
+    ($exec:expr, $key:expr, $event_id:expr, $at:expr, $window_ms:expr) => {{
+        let (key, event_id, at, window_ms): (&str, EventId, Millis, Millis) =
+            ($key, $event_id, $at, $window_ms);
+        let since = at.saturating_sub(window_ms);
+        let own: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(sql::HIT_OF_EVENT)
+            .bind(key)
+            .bind(event_id)
+            .fetch_optional($exec)
+            .await?;
+        let ordinal = match own {
+            Some((_, Some(window), Some(ordinal))) if window == window_ms => ordinal,
+            Some((seq, _, _)) => {
+                let (count,): (i64,) = sqlx::query_as(sql::COUNT_HITS_UP_TO)
+                    .bind(key)
+                    .bind(since)
+                    .bind(seq)
+                    .fetch_one($exec)
+                    .await?;
+                count
+            }
+            None => {
+                let (count,): (i64,) = sqlx::query_as(sql::COUNT_HITS_AS_OF)
+                    .bind(key)
+                    .bind(since)
+                    .bind(at)
+                    .bind(event_id)
+                    .fetch_one($exec)
+                    .await?;
+                count + 1
+            }
+        };
+        Ok::<u64, StoreError>(u64::try_from(ordinal).unwrap_or(0))
+    }};
+}
+pub(super) use hit_ordinal_as_of;
 
 /// Runs [`COUNT_HITS`] (the same text and binds on both backends).
 macro_rules! count_hits {
@@ -425,9 +423,20 @@ pub(super) fn record_texts(finished: &[&Finished]) -> Result<Vec<String>, StoreE
 
 /// The body of `Store::finish_events`, the same for both backends (a macro because the
 /// transaction's executor types differ): remove the events `owner` still holds from the queue,
-/// then write their evaluations, counter hits and jobs, in one transaction.
+/// then write their evaluations and jobs, in one transaction, committed by `$commit` (a function
+/// of the transaction; by default its `commit`).
 macro_rules! finish_events {
-    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr) => {{
+    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr) => {
+        sql::finish_events!(
+            $db,
+            $pool,
+            $finished,
+            $owner,
+            $now,
+            |tx: sqlx::Transaction<'static, $db>| tx.commit()
+        )
+    };
+    ($db:ty, $pool:expr, $finished:expr, $owner:expr, $now:expr, $commit:expr) => {{
         let (finished, owner, now): (&[Finished], &str, Millis) = ($finished, $owner, $now);
         if finished.is_empty() {
             return Ok(Vec::new());
@@ -462,12 +471,6 @@ macro_rules! finish_events {
                 .build()
                 .execute(&mut *tx)
                 .await?;
-            if let Some(mut qb) = sql::insert_counter_hits::<$db>(chunk) {
-                let stored: Vec<(String, Millis)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                if let Some(mut qb) = sql::add_to_buckets::<$db>(&stored) {
-                    qb.build().execute(&mut *tx).await?;
-                }
-            }
             if let Some(mut qb) = sql::insert_verdicts::<$db>(chunk, now) {
                 qb.build().execute(&mut *tx).await?;
             }
@@ -491,7 +494,10 @@ macro_rules! finish_events {
                     *round += 1;
                 }
             }
-            for round in rounds {
+            for mut round in rounds {
+                // In one order in every transaction, so that processors opening windows of the
+                // same keys at once wait for each other instead of deadlocking.
+                round.sort_by(|(_, a), (_, b)| (&a.rule, &a.key).cmp(&(&b.rule, &b.key)));
                 let requests: Vec<&super::RuleThrottle> = round.iter().map(|(_, t)| *t).collect();
                 let opened: std::collections::HashSet<(String, String)> =
                     sql::open_throttles::<$db>(&requests)
@@ -514,7 +520,7 @@ macro_rules! finish_events {
                 qb.build().execute(&mut *tx).await?;
             }
         }
-        tx.commit().await?;
+        ($commit)(tx).await?;
         let mut ids: Vec<EventId> = kept.iter().map(|f| f.event_id).collect();
         ids.sort_unstable();
         Ok(ids)
@@ -876,7 +882,6 @@ macro_rules! insert_replay_jobs {
             event_id,
             ruleset_version: String::new(),
             record: serde_json::Value::Null,
-            counter_hits: Vec::new(),
             jobs: jobs.to_vec(),
             throttles: Vec::new(),
         };

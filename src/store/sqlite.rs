@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: one database file in WAL mode with `synchronous=FULL`, so a
 //! commit is on disk before the call returns.
 
+use super::sqlite_hits::PendingHits;
 use super::{
     CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
     InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
@@ -16,6 +17,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Rows per multi-row statement: 10 parameters each stays far below SQLite's variable limit.
@@ -30,6 +32,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Windowed-counter hits numbered and not stored yet (the file is this process's alone).
+    hits: Arc<PendingHits>,
 }
 
 impl SqliteStore {
@@ -82,7 +86,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|error| open_error(&path, error))?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            hits: Arc::default(),
+        })
     }
 }
 
@@ -243,6 +251,48 @@ super::impl_store! {
         qb.push(") ORDER BY e.id");
         let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
         rows.into_iter().map(EventRow::into_stored).collect()
+    }
+
+    async fn finish_events(
+        &self,
+        finished: &[Finished],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<EventId>, StoreError> {
+        // The batch stores every hit numbered so far with it (so every hit its evaluations
+        // counted), and they stop being pending once it has committed.
+        let hits = self.hits.snapshot().await;
+        let pending = &self.hits;
+        sql::finish_events!(Sqlite, self.writer, finished, owner, now, |tx| pending
+            .commit_with(tx, hits))
+    }
+
+    async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
+        self.hits.count(&self.reader, key, since).await
+    }
+
+    async fn hit_ordinal_as_of(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        self.hits
+            .ordinal_as_of(&self.reader, key, event_id, at, window_ms)
+            .await
+    }
+
+    async fn record_hit(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        self.hits
+            .record(&self.reader, key, event_id, at, window_ms)
+            .await
     }
 
     async fn claim_jobs(

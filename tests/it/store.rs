@@ -8,7 +8,7 @@ use switchboard::store::{
 };
 
 /// Each backend under test, freshly created: a SQLite file, and a PostgreSQL database.
-async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
+pub(crate) async fn backends() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let mut backends = vec![("sqlite", store::open(&url).await.unwrap(), dir)];
@@ -88,7 +88,6 @@ fn done(event_id: i64) -> Finished {
         event_id,
         ruleset_version: "v1".into(),
         record: json!({"verdicts": []}),
-        counter_hits: Vec::new(),
         jobs: Vec::new(),
         throttles: Vec::new(),
     }
@@ -104,7 +103,7 @@ async fn insert_ids(store: &Arc<dyn Store>, batch: &[NewEvent]) -> Vec<i64> {
     inserted.iter().map(|i| i.id).collect()
 }
 
-fn new_event(body: serde_json::Value, received_at: i64) -> NewEvent {
+pub(crate) fn new_event(body: serde_json::Value, received_at: i64) -> NewEvent {
     let text = body.to_string();
     let parsed = parse_body(text.as_bytes(), None).unwrap();
     let decoded = decode(&parsed);
@@ -304,13 +303,19 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
             kind: "email".into(),
             spec: json!({"kind": "email", "to": ["ops@example.com"], "subject": "放弃排队"}),
         };
+        // Hits are recorded while an event is evaluated, before it is finished; an event
+        // counted twice under one key (two rules) has one hit.
+        for &id in &ids {
+            for _ in 0..2 {
+                store
+                    .record_hit("abandoned", id, 1_000 + id, 60_000)
+                    .await
+                    .unwrap();
+            }
+        }
         let results: Vec<Finished> = ids
             .iter()
             .map(|&id| Finished {
-                counter_hits: vec![
-                    ("abandoned".into(), 1_000 + id),
-                    ("abandoned".into(), 1_000 + id),
-                ],
                 jobs: vec![job("rules/a.rhai", 0), job("rules/a.rhai", 1), job("b", 0)],
                 ..done(id)
             })
@@ -373,17 +378,9 @@ async fn windowed_counts_are_exact_across_second_buckets() {
         );
         // Hits at 10.100 s, 10.900 s, 11.500 s, 12.000 s, 14.999 s and -0.5 s.
         let times = [10_100, 10_900, 11_500, 12_000, 14_999, -500];
-        let results: Vec<Finished> = ids
-            .iter()
-            .zip(times)
-            .map(|(&id, at)| Finished {
-                counter_hits: vec![("k".into(), at)],
-                ..done(id)
-            })
-            .collect();
-        // In two transactions, so buckets are added to, not just created.
-        store.finish_events(&results[..3], "p", 1).await.unwrap();
-        store.finish_events(&results[3..], "p", 1).await.unwrap();
+        for (&id, at) in ids.iter().zip(times) {
+            store.record_hit("k", id, at, 60_000).await.unwrap();
+        }
         for (since, expected) in [
             (i64::MIN / 2, 6),
             (-500, 6),
@@ -769,12 +766,15 @@ async fn pruning_drops_old_counter_hits_and_closed_throttles_only() {
         };
         store.claim_events(&lease, 10).await.unwrap();
         // Hits at 1 s, 2 s, 50 s and 60 s; a throttle window open until 31 s, another until 101 s.
+        let times = [1_000, 2_000, 50_000, 60_000];
+        for (&id, at) in ids.iter().zip(times) {
+            store.record_hit("k", id, at, 60_000).await.unwrap();
+        }
         let results: Vec<Finished> = ids
             .iter()
-            .zip([1_000, 2_000, 50_000, 60_000])
+            .zip(times)
             .enumerate()
             .map(|(i, (&id, at))| Finished {
-                counter_hits: vec![("k".into(), at)],
                 throttles: if i % 2 == 0 {
                     vec![RuleThrottle {
                         rule: format!("r{i}"),
