@@ -41,9 +41,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// A failure of ours (store down, bug): logged with its cause, answered with 503 so that a
-    /// sender knows nothing was stored and may retry.
+    /// A failure of ours (store down, bug): logged with its cause, answered with 503 so that the
+    /// caller may retry.
     pub fn unavailable(context: &str, error: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error, "{context}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{context}; retry later"),
+        )
+    }
+
+    /// A push that could not be stored: like [`Self::unavailable`], and it says so, so that the
+    /// sender knows it must send again.
+    pub fn not_stored(context: &str, error: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error, "{context}");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

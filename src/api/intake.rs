@@ -101,7 +101,7 @@ async fn accept(
             "the service is shutting down; nothing was stored, retry later",
         ),
         CommitError::Store(error) => {
-            ApiError::unavailable("storing the notification failed", &*error)
+            ApiError::not_stored("storing the notification failed", &*error)
         }
     })?;
     let status = if inserted.duplicate {

@@ -32,17 +32,6 @@ async fn processed(server: &TestServer, id: i64) -> Value {
     server.settled_trace(id).await
 }
 
-async fn admin_post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    send(
-        server
-            .client
-            .post(server.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overview_search_and_instances() {
     let (server, _rules) = service().await;
@@ -179,15 +168,13 @@ async fn overview_search_and_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn muted_rules_and_phones_record_their_actions_as_muted() {
     let (server, _rules) = service().await;
-    let (status, mute) = admin_post(
-        &server,
+    let (status, mute) = server.admin_post(
         "/v1/mutes",
         json!({"scope": "rule", "value": "abandoned", "for": "1h", "reason": "queue maintenance"}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{mute}");
-    let (status, phone_mute) = admin_post(
-        &server,
+    let (status, phone_mute) = server.admin_post(
         "/v1/mutes",
         json!({"scope": "phone", "value": "13800000009", "until": "2099-01-01T00:00:00Z", "reason": "test line"}),
     )
@@ -232,9 +219,13 @@ async fn muted_rules_and_phones_record_their_actions_as_muted() {
     let (_, listed) = server.admin_get("/v1/mutes").await;
     assert_eq!(listed["mutes"].as_array().unwrap().len(), 2);
     let id = mute["id"].as_i64().unwrap();
-    let (status, _) = admin_post(&server, &format!("/v1/mutes/{id}/lift"), json!({})).await;
+    let (status, _) = server
+        .admin_post(&format!("/v1/mutes/{id}/lift"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = admin_post(&server, &format!("/v1/mutes/{id}/lift"), json!({})).await;
+    let (status, _) = server
+        .admin_post(&format!("/v1/mutes/{id}/lift"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "lifted already");
     let trace = processed(&server, call(&server, 3, "待機放棄", "13800000001").await).await;
     assert_eq!(trace["jobs"][0]["status"], "done", "lifted: {trace}");
@@ -265,11 +256,13 @@ async fn muted_rules_and_phones_record_their_actions_as_muted() {
             "reason",
         ),
     ] {
-        let (status, answer) = admin_post(&server, "/v1/mutes", body.clone()).await;
+        let (status, answer) = server.admin_post("/v1/mutes", body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
         assert_eq!(answer["parameter"], parameter, "{body}: {answer}");
     }
-    let (status, answer) = admin_post(&server, "/v1/mutes", json!({"scope": "rule"})).await;
+    let (status, answer) = server
+        .admin_post("/v1/mutes", json!({"scope": "rule"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(answer["error"], "invalid_body", "{answer}");
     server.stop().await;
@@ -283,7 +276,7 @@ async fn replay_dry_and_real_never_collides_with_the_first_run() {
     assert_eq!(first["jobs"].as_array().unwrap().len(), 1);
 
     let path = format!("/v1/events/{id}/replay");
-    let (status, dry) = admin_post(&server, &path, json!({})).await;
+    let (status, dry) = server.admin_post(&path, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{dry}");
     assert_eq!(
         (dry["dry_run"].clone(), dry["queued"].clone()),
@@ -298,7 +291,7 @@ async fn replay_dry_and_real_never_collides_with_the_first_run() {
         1
     );
 
-    let (status, real) = admin_post(&server, &path, json!({"dry_run": false})).await;
+    let (status, real) = server.admin_post(&path, json!({"dry_run": false})).await;
     assert_eq!(status, StatusCode::OK, "{real}");
     assert_eq!(real["queued"], 1, "{real}");
     let run = real["run"].as_str().unwrap().to_string();
@@ -312,7 +305,9 @@ async fn replay_dry_and_real_never_collides_with_the_first_run() {
     assert!(jobs.iter().all(|j| j["status"] == "done"), "{trace}");
 
     // A range, dry.
-    let (status, range) = admin_post(&server, "/v1/replay", json!({"since": "1h"})).await;
+    let (status, range) = server
+        .admin_post("/v1/replay", json!({"since": "1h"}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{range}");
     assert_eq!(
         range["events"][0]["matched"],
@@ -320,15 +315,19 @@ async fn replay_dry_and_real_never_collides_with_the_first_run() {
         "{range}"
     );
 
-    let (status, _) = admin_post(&server, "/v1/events/999999/replay", json!({})).await;
+    let (status, _) = server
+        .admin_post("/v1/events/999999/replay", json!({}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, answer) = admin_post(&server, &path, json!({"dry": false})).await;
+    let (status, answer) = server.admin_post(&path, json!({"dry": false})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         answer["message"].as_str().unwrap().contains("dry"),
         "{answer}"
     );
-    let (status, answer) = admin_post(&server, "/v1/replay", json!({"since": "last week"})).await;
+    let (status, answer) = server
+        .admin_post("/v1/replay", json!({"since": "last week"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(answer["parameter"], "since", "{answer}");
     server.stop().await;
@@ -380,12 +379,12 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
         "const NAME = \"all-calls\";\nfn when(ev) { true }\nfn then(ev) { [] }",
     )
     .unwrap();
-    let (status, report) = admin_post(
-        &server,
-        "/v1/what-if",
-        json!({"rules_dir": candidate.path(), "since": "1h"}),
-    )
-    .await;
+    let (status, report) = server
+        .admin_post(
+            "/v1/what-if",
+            json!({"rules_dir": candidate.path(), "since": "1h"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["events_compared"], 3, "{report}");
     let rule = |name: &str| {
@@ -418,12 +417,12 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
         "{report}"
     );
 
-    let (status, answer) = admin_post(
-        &server,
-        "/v1/what-if",
-        json!({"rules_dir": "/no/such/dir", "since": "1h"}),
-    )
-    .await;
+    let (status, answer) = server
+        .admin_post(
+            "/v1/what-if",
+            json!({"rules_dir": "/no/such/dir", "since": "1h"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(answer["parameter"], "rules_dir", "{answer}");
 
@@ -450,6 +449,61 @@ async fn what_if_reports_per_rule_changes_by_api_and_cli() {
         "{stdout}"
     );
     assert!(stdout.contains("all-calls: matched 0 -> 3"), "{stdout}");
+}
+
+/// The routes the API router serves, as (method, path), read from its source: axum's `Router`
+/// cannot list its routes, and a route added without documentation must fail a test.
+fn served_routes() -> Vec<(String, String)> {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"))
+        .expect("the router's source");
+    let mut routes = Vec::new();
+    for (at, _) in source.match_indices(".route(") {
+        // The call's arguments: up to the parenthesis that closes `.route(`.
+        let rest = &source[at + ".route(".len()..];
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .expect("a closed .route(");
+        let call = &rest[..end];
+        let path = call.split('"').nth(1).expect("a route path").to_string();
+        let handlers = &call[call.find(',').expect("handlers")..];
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let called = handlers
+                .match_indices(&format!("{method}("))
+                .any(|(i, _)| !handlers[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+            if called {
+                routes.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_served_route_is_documented() {
+    let server = TestServer::start().await;
+    let (status, doc) = send(server.client.get(server.url("/v1/openapi.json"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let served = served_routes();
+    assert!(served.len() >= 25, "{served:?}");
+    let undocumented: Vec<_> = served
+        .iter()
+        .filter(|(method, path)| doc["paths"][path.as_str()][method.as_str()].is_null())
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

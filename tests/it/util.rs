@@ -214,6 +214,17 @@ impl TestServer {
         json_response(response).await
     }
 
+    /// POSTs `body` as JSON to an admin endpoint.
+    pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        send(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body),
+        )
+        .await
+    }
+
     /// Waits until event `id` is processed (its jobs may still be running); returns its trace.
     pub async fn processed_trace(&self, id: i64) -> Value {
         let path = format!("/v1/events/{id}");

@@ -81,17 +81,6 @@ async fn wait_for_state(server: &TestServer, id: i64, state: &str) -> Value {
     .await
 }
 
-async fn admin_post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    send(
-        server
-            .client
-            .post(server.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body),
-    )
-    .await
-}
-
 async fn metrics(server: &TestServer) -> String {
     server
         .client
@@ -203,41 +192,38 @@ async fn an_unreadable_event_is_quarantined_alone_and_flagged_then_retried() {
         .collect();
     assert_eq!(listed, ordinary.iter().rev().copied().collect::<Vec<_>>());
     assert_eq!(page["unreadable"][0]["id"], poison, "{page}");
-    let (status, replayed) = admin_post(
-        &server,
-        "/v1/replay",
-        json!({"since": "1h", "dry_run": true}),
-    )
-    .await;
+    let (status, replayed) = server
+        .admin_post("/v1/replay", json!({"since": "1h", "dry_run": true}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{replayed}");
     assert_eq!(replayed["events"].as_array().unwrap().len(), ordinary.len());
     assert_eq!(replayed["unreadable"][0]["id"], poison, "{replayed}");
-    let (status, refused) =
-        admin_post(&server, &format!("/v1/events/{poison}/replay"), json!({})).await;
+    let (status, refused) = server
+        .admin_post(&format!("/v1/events/{poison}/replay"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     assert_eq!(refused["error"], "unreadable_event", "{refused}");
     let rules_dir = server.dir.path().join("rules");
-    let (status, report) = admin_post(
-        &server,
-        "/v1/what-if",
-        json!({"rules_dir": rules_dir.display().to_string(), "since": "1h"}),
-    )
-    .await;
+    let (status, report) = server
+        .admin_post(
+            "/v1/what-if",
+            json!({"rules_dir": rules_dir.display().to_string(), "since": "1h"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["events_compared"], ordinary.len(), "{report}");
     assert_eq!(report["unreadable"][0]["id"], poison, "{report}");
 
     // Only a quarantined event can be retried.
-    let (status, refused) = admin_post(
-        &server,
-        &format!("/v1/events/{}/retry", ordinary[0]),
-        json!({}),
-    )
-    .await;
+    let (status, refused) = server
+        .admin_post(&format!("/v1/events/{}/retry", ordinary[0]), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     assert_eq!(refused["error"], "not_quarantined", "{refused}");
     assert_eq!(refused["state"], "processed", "{refused}");
-    let (status, missing) = admin_post(&server, "/v1/events/999999/retry", json!({})).await;
+    let (status, missing) = server
+        .admin_post("/v1/events/999999/retry", json!({}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
 
     // An operator repairs the row and retries it: it is processed like any other.
@@ -245,8 +231,9 @@ async fn an_unreadable_event_is_quarantined_alone_and_flagged_then_retried() {
         "UPDATE events SET decoded = '{{\"call_id\":\"poison-deep\"}}' WHERE id = {poison}"
     );
     execute(&server.database, &[&repair]).await;
-    let (status, retried) =
-        admin_post(&server, &format!("/v1/events/{poison}/retry"), json!({})).await;
+    let (status, retried) = server
+        .admin_post(&format!("/v1/events/{poison}/retry"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{retried}");
     assert_ne!(retried["state"], "quarantined", "{retried}");
     let done = wait_for_state(&server, poison, "processed").await;
@@ -299,8 +286,9 @@ async fn an_event_whose_evaluation_the_database_refuses_is_quarantined_alone() {
     let (status, page) = server.admin_get("/v1/events?call_id=poison-row").await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["events"][0]["state"], "quarantined", "{page}");
-    let (status, dry) =
-        admin_post(&server, &format!("/v1/events/{poison}/replay"), json!({})).await;
+    let (status, dry) = server
+        .admin_post(&format!("/v1/events/{poison}/replay"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{dry}");
 
     // New pushes go on being processed meanwhile.
@@ -322,8 +310,9 @@ async fn an_event_whose_evaluation_the_database_refuses_is_quarantined_alone() {
         &["DROP TRIGGER poison ON evaluations"]
     };
     execute(&server.database, drop).await;
-    let (status, retried) =
-        admin_post(&server, &format!("/v1/events/{poison}/retry"), json!({})).await;
+    let (status, retried) = server
+        .admin_post(&format!("/v1/events/{poison}/retry"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{retried}");
     wait_for_state(&server, poison, "processed").await;
     server.stop().await;
