@@ -4,7 +4,8 @@
 use crate::health::{WriteHealth, op};
 use crate::rules::Rules;
 pub use crate::store::InstanceInfo;
-use crate::store::{Store, now_millis};
+use crate::store::Store;
+use crate::time::now_millis;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

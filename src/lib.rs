@@ -13,6 +13,8 @@
 //! ```
 //!
 //! - [`event`]: PURE. The typed, leniently decoded notification (`CallEvent`), outcomes, warnings.
+//! - [`action`]: PURE. The actions a rule asks for, as delivery executes them.
+//! - [`time`]: PURE. Unix milliseconds, and parsing durations and times.
 //! - [`config`]: the one `Config`, from defaults, file, environment and flags.
 //! - [`store`]: the `Store` trait and its SQLite and PostgreSQL backends.
 //! - [`committer`]: group commit of accepted notifications.
@@ -27,6 +29,7 @@
 //! - [`api`]: the HTTP surface (`router(state)`), auth, errors, the OpenAPI document.
 //! - [`console`]: the embedded operator dashboard.
 
+pub mod action;
 pub mod api;
 pub mod committer;
 pub mod config;
@@ -40,6 +43,7 @@ pub mod processor;
 pub mod replay;
 pub mod rules;
 pub mod store;
+pub mod time;
 
 use config::Config;
 use std::future::Future;
@@ -128,7 +132,7 @@ async fn prune(
         next = EVERY;
         let mut pruned = 0;
         loop {
-            let now = store::now_millis();
+            let now = time::now_millis();
             let round = store
                 .prune(now.saturating_sub(retention_ms), now, BATCH)
                 .await;
@@ -421,7 +425,7 @@ pub async fn run(
         health,
         instance::InstanceInfo {
             id: instance_id,
-            started_at: store::now_millis(),
+            started_at: time::now_millis(),
             seen_at: 0,
             ruleset_version: String::new(),
             rules_dir: config.rules_dir.display().to_string(),

@@ -10,9 +10,9 @@ use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
 use crate::store::{
-    EventFailure, EventId, EventNext, Finished, Lease, Millis, NewJob, RuleThrottle, Store,
-    StoredEvent, now_millis,
+    EventFailure, EventId, EventNext, Finished, Lease, NewJob, RuleThrottle, Store, StoredEvent,
 };
+use crate::time::{Millis, now_millis};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

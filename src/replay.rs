@@ -6,7 +6,8 @@
 use crate::processor::{HistoricCounters, finished};
 use crate::rules::whatif::{Comparison, EventRef, Report};
 use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
-use crate::store::{EventQuery, Millis, Store, StoreError, StoredEvent, Unreadable, now_millis};
+use crate::store::{EventQuery, Store, StoreError, StoredEvent, Unreadable};
+use crate::time::{Millis, now_millis};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,33 +26,6 @@ pub enum ReplayError {
     Evaluation(String),
     #[error("event {} cannot be evaluated: {}", .0.id, .0.reason)]
     Unreadable(Unreadable),
-}
-
-/// A start time: a duration back from `now` (`7d`, `90m`), unix milliseconds, RFC 3339, or
-/// Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`.
-/// The error says what was expected (`must be …, got …`).
-pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
-    if let Ok(ago) = crate::rules::stdlib::parse_duration(text) {
-        return Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
-    }
-    time_millis(text).ok_or_else(|| {
-        format!("must be {TIME_FORMS} or a duration back from now (`7d`, `12h`), got `{text}`")
-    })
-}
-
-/// A time: unix milliseconds, RFC 3339, or Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`. The error says
-/// what was expected (`must be …, got …`).
-pub fn parse_instant(text: &str) -> Result<Millis, String> {
-    time_millis(text).ok_or_else(|| format!("must be {TIME_FORMS}, got `{text}`"))
-}
-
-const TIME_FORMS: &str = "a time (RFC 3339, `2026-11-20 10:15:42 +0800`, or unix milliseconds)";
-
-fn time_millis(text: &str) -> Option<Millis> {
-    let text = text.trim();
-    text.parse::<i64>()
-        .ok()
-        .or_else(|| crate::event::parse_time(text).map(|t| t.timestamp_millis()))
 }
 
 /// Stored events received in `[since, until)`, newest first, at most `limit`.

@@ -6,11 +6,12 @@
 
 use super::retry::{AttemptResult, Decision, Schedule, decide};
 use super::webhook::{self, Clients, WebhookContext};
+use crate::action::ActionRequest;
 use crate::config::WebhookTarget;
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{AttemptLabels, KindLabels, Metrics};
-use crate::rules::ActionRequest;
-use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob, now_millis};
+use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob};
+use crate::time::now_millis;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! `CompileError` naming file, line and column.
 
 use super::{actions, stdlib};
+use crate::action::ActionRequest;
 use rhai::{AST, Dynamic, Engine, Map, Position, Scope};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -49,8 +50,8 @@ pub fn build_engine(vars: Arc<RuleSettings>) -> Engine {
     engine.on_debug(|_, _, _| {});
 
     engine
-        .register_type_with_name::<actions::ActionRequest>("Action")
-        .register_fn("to_string", |a: &mut actions::ActionRequest| {
+        .register_type_with_name::<ActionRequest>("Action")
+        .register_fn("to_string", |a: &mut ActionRequest| {
             serde_json::to_string(a).unwrap_or_default()
         })
         .register_fn("email", actions::email)
@@ -275,7 +276,7 @@ pub(super) fn throttle_from(value: Dynamic) -> Result<Option<Throttle>, String> 
         .get("window")
         .and_then(|w| w.clone().into_string().ok())
         .ok_or("`throttle` needs a `window` such as \"30m\"")?;
-    let window: Duration = stdlib::parse_duration(&window)?;
+    let window: Duration = crate::time::parse_duration(&window)?;
     Ok(Some(Throttle {
         key,
         window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),

@@ -2,10 +2,11 @@
 //! each rule runs in the sandbox, and the result is an `Evaluation` record. A rule that errs or
 //! hits a limit is recorded as such; every other rule still runs.
 
-use super::actions::{self, ActionRequest};
+use super::actions;
 use super::budget::{self, RuleLimits};
 use super::compile::{CompiledRule, Throttle, throttle_from};
 use super::stdlib::{self, CounterHit, CounterSource};
+use crate::action::ActionRequest;
 use crate::event::CallEvent;
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope};
 use serde::{Deserialize, Serialize};

@@ -127,7 +127,7 @@ impl Rules {
         let texts = read_rule_files(&self.dir);
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = ReloadOutcome::default();
-        let now = crate::store::now_millis();
+        let now = crate::time::now_millis();
         files.retain(|file, _| {
             let keep = texts.contains_key(file);
             if !keep {

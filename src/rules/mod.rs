@@ -25,7 +25,7 @@
 //!
 //! - [`compile`] (PURE): the sandboxed engine and compiling one file.
 //! - [`eval`] (PURE): evaluating an event against a rule set.
-//! - [`actions`] (PURE): the actions rules return.
+//! - [`actions`] (PURE): the Rhai constructors of the actions rules return ([`crate::action`]).
 //! - [`budget`] (PURE): the time budget per rule call and the cap on actions per rule.
 //! - [`stdlib`] (PURE): helpers (times, hours, regex, windowed counter).
 //! - [`prefilter`] (PURE): what `when` provably requires, to skip rules that cannot fire.
@@ -45,7 +45,6 @@ pub mod tools;
 pub mod watch;
 pub mod whatif;
 
-pub use actions::ActionRequest;
 pub use budget::RuleLimits;
 pub use compile::{CompileError, RuleSettings, Throttle};
 pub use eval::{EvalContext, Evaluation, RuleSet, RuleVerdict};

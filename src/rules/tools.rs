@@ -62,7 +62,7 @@ pub fn try_payload_with(
     let decoded = decode(&parsed);
     let ctx = EvalContext {
         counters,
-        at_ms: crate::store::now_millis(),
+        at_ms: crate::time::now_millis(),
         record_stats: false,
         prefilter: true,
     };
@@ -232,7 +232,7 @@ fn run_case(rules: &Rules, base: &Path, case: &TestCase) -> Result<Vec<String>, 
     let parsed = parse_body(body.to_string().as_bytes(), None).map_err(|e| e.to_string())?;
     let ctx = EvalContext {
         counters: Arc::new(FixedCounters(case.counters.clone())),
-        at_ms: crate::store::now_millis(),
+        at_ms: crate::time::now_millis(),
         record_stats: false,
         prefilter: true,
     };

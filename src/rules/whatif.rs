@@ -232,7 +232,8 @@ fn parse_all(actions: &[String]) -> Vec<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{ActionRequest, RuleVerdict};
+    use crate::action::ActionRequest;
+    use crate::rules::RuleVerdict;
     use serde_json::json;
 
     fn event(id: i64) -> EventRef {
