@@ -43,3 +43,18 @@ pub async fn heartbeat(
         }
     }
 }
+
+/// This instance's id, unique to this process: host, pid and start time. Its processors and
+/// workers take their lease owner names from it.
+pub fn new_id() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-pid{}-{started:x}", std::process::id())
+}

@@ -3,7 +3,7 @@
 //! and reports; a real replay queues new jobs under keys that never collide with the first run.
 //! Events whose stored row cannot be read back are skipped and named in the answer.
 
-use crate::processor::{HistoricCounters, finished};
+use crate::evaluation::{HistoricCounters, finished, on_evaluation_thread};
 use crate::rules::whatif::{Comparison, EventRef, Report};
 use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
 use crate::store::{EventQuery, Store, StoreError, StoredEvent, Unreadable};
@@ -91,7 +91,7 @@ async fn evaluate_all(
     events: Vec<StoredEvent>,
 ) -> Result<Vec<(StoredEvent, Evaluation)>, ReplayError> {
     let handle = tokio::runtime::Handle::current();
-    crate::processor::on_evaluation_thread(move || {
+    on_evaluation_thread(move || {
         events
             .into_iter()
             .map(|event| {
