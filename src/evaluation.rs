@@ -16,7 +16,7 @@ const EVALUATION_STACK_BYTES: usize = 256 << 20;
 
 /// Why evaluation could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum EvaluationThreadError {
+pub(crate) enum EvaluationThreadError {
     #[error("could not start an evaluation thread: {0}")]
     Spawn(std::io::Error),
     #[error("the evaluation thread panicked")]
@@ -26,7 +26,7 @@ pub enum EvaluationThreadError {
 /// Runs rule evaluation (`work`) on a thread of its own with a deep stack (see
 /// [`EVALUATION_STACK_BYTES`]), and waits for its result without blocking the runtime. `work`
 /// may block on the runtime (windowed counters read the store).
-pub async fn on_evaluation_thread<T, F>(work: F) -> Result<T, EvaluationThreadError>
+pub(crate) async fn on_evaluation_thread<T, F>(work: F) -> Result<T, EvaluationThreadError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -44,7 +44,7 @@ where
 
 /// The record of one event's evaluation, with a job for each action of each matching rule and
 /// the throttles those rules asked for (applied at `evaluated_at`, the event's time).
-pub fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> Finished {
+pub(crate) fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> Finished {
     let jobs = evaluation
         .matched()
         .flat_map(|verdict| {
@@ -84,10 +84,10 @@ pub fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> 
 /// is made and gets its exact ordinal there (per key, across processors and instances); an
 /// event evaluated again gets the ordinals it had. Blocks on the runtime: use it from a
 /// blocking thread.
-pub struct StoreCounters {
-    pub store: Arc<dyn Store>,
-    pub runtime: tokio::runtime::Handle,
-    pub event_id: EventId,
+pub(crate) struct StoreCounters {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) event_id: EventId,
 }
 
 impl CounterSource for StoreCounters {
@@ -100,9 +100,9 @@ impl CounterSource for StoreCounters {
 
 /// Counters as the store has them, for a dry run: what the next hit's ordinal would be, and
 /// nothing is recorded. Blocks on the runtime: use it from a blocking thread.
-pub struct DryRunCounters {
-    pub store: Arc<dyn Store>,
-    pub runtime: tokio::runtime::Handle,
+pub(crate) struct DryRunCounters {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl CounterSource for DryRunCounters {
@@ -118,10 +118,10 @@ impl CounterSource for DryRunCounters {
 /// (for a key it never counted, the hits of earlier events up to its time, plus one). Replay and
 /// what-if use it, so that re-evaluating history counts what the event saw, not what came after
 /// it; nothing is recorded. Blocks on the runtime: use it from a blocking thread.
-pub struct HistoricCounters {
-    pub store: Arc<dyn Store>,
-    pub runtime: tokio::runtime::Handle,
-    pub event_id: EventId,
+pub(crate) struct HistoricCounters {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) event_id: EventId,
 }
 
 impl CounterSource for HistoricCounters {

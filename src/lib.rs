@@ -35,22 +35,22 @@
 
 pub mod action;
 pub mod api;
-pub mod committer;
+mod committer;
 pub mod config;
-pub mod console;
+mod console;
 pub mod delivery;
-pub mod evaluation;
+mod evaluation;
 pub mod event;
-pub mod health;
-pub mod instance;
-pub mod maintenance;
-pub mod metrics;
-pub mod processor;
+mod health;
+mod instance;
+mod maintenance;
+mod metrics;
+mod processor;
 pub mod replay;
 pub mod rules;
 pub mod store;
 pub mod time;
-pub mod wakeup;
+mod wakeup;
 
 use config::Config;
 use std::future::Future;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// Every ten minutes, deletes counter hits older than `retention` and closed throttle windows,
 /// a bounded batch per statement (several instances doing it at once is harmless). After a
 /// failed round the next one comes sooner: 30 s, doubling up to the ten minutes.
-pub async fn prune(
+pub(crate) async fn prune(
     store: Arc<dyn Store>,
     retention: Duration,
     health: Arc<WriteHealth>,

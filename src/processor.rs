@@ -20,22 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 /// How a processor claims work.
 #[derive(Debug, Clone)]
-pub struct ProcessorConfig {
+pub(crate) struct ProcessorConfig {
     /// Identifies this processor in leases; unique per process.
-    pub owner: String,
+    pub(crate) owner: String,
     /// Most events claimed at once.
-    pub batch: u32,
+    pub(crate) batch: u32,
     /// How long claimed events stay ours.
-    pub lease: Duration,
+    pub(crate) lease: Duration,
     /// How often to look for work without a wake-up (events from other instances).
-    pub poll: Duration,
+    pub(crate) poll: Duration,
     /// After a batch that was not full, wait this long before claiming again, so that under a
     /// steady stream of notifications batches grow instead of one transaction per commit.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// Failed attempts before an event is quarantined.
-    pub max_failures: u32,
+    pub(crate) max_failures: u32,
     /// The wait after an event's first failure; doubled after each further one.
-    pub retry_backoff: Duration,
+    pub(crate) retry_backoff: Duration,
 }
 
 /// The longest wait between two attempts at an event, however many failures.
@@ -58,7 +58,7 @@ fn after_failure(failures: i64, max_failures: u32, backoff: Duration, now: Milli
 /// Runs until `shutdown` is cancelled, finishing the batch in hand first. A store write that
 /// fails is logged and retried after a growing delay ([`Backoff`]); the loop never ends on one.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     wake: Arc<Notify>,

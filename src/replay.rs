@@ -117,23 +117,23 @@ async fn evaluate_all(
 
 /// The result of replaying one event.
 #[derive(Debug, Serialize)]
-pub struct Replayed {
-    pub event_id: i64,
-    pub dry_run: bool,
+pub(crate) struct Replayed {
+    pub(crate) event_id: i64,
+    pub(crate) dry_run: bool,
     /// The evaluation against the running rules.
-    pub evaluation: Evaluation,
+    pub(crate) evaluation: Evaluation,
     /// The actions it asks for (kind, rule, action).
-    pub actions: Vec<serde_json::Value>,
+    pub(crate) actions: Vec<serde_json::Value>,
     /// A real replay's run id: its jobs' keys end with it.
-    pub run: Option<String>,
+    pub(crate) run: Option<String>,
     /// Jobs queued (0 for a dry run).
-    pub queued: u64,
+    pub(crate) queued: u64,
 }
 
 /// Replays events against the running rules: a dry run reports only; a real run queues the
 /// actions as new jobs (run id `replay-<unix ms>`). Events that cannot be read back are left
 /// out: see [`readable`].
-pub async fn replay(
+pub(crate) async fn replay(
     store: Arc<dyn Store>,
     rules: &Rules,
     events: Vec<StoredEvent>,
@@ -170,7 +170,7 @@ pub async fn replay(
 }
 
 /// Replays one stored event.
-pub async fn replay_event(
+pub(crate) async fn replay_event(
     store: Arc<dyn Store>,
     rules: &Rules,
     id: i64,
@@ -187,17 +187,17 @@ pub async fn replay_event(
 
 /// A replay of a time range.
 #[derive(Debug)]
-pub struct RangeReplay {
-    pub replayed: Vec<Replayed>,
+pub(crate) struct RangeReplay {
+    pub(crate) replayed: Vec<Replayed>,
     /// The limit cut the range short.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     /// Events of the range that could not be read back, so were not replayed.
-    pub unreadable: Vec<Unreadable>,
+    pub(crate) unreadable: Vec<Unreadable>,
 }
 
 /// Replays the events received in `[since, until)` (at most `limit`, newest first); also says
 /// whether the limit cut the range short, and which events could not be read back.
-pub async fn replay_range(
+pub(crate) async fn replay_range(
     store: Arc<dyn Store>,
     rules: &Rules,
     since: Millis,

@@ -3,10 +3,10 @@
 //! each job kind does, and the workers that run the durable, retrying job queue.
 
 pub mod address;
-pub mod deliver;
+pub(crate) mod deliver;
 pub mod email;
 pub mod retry;
 pub mod signing;
 pub mod udesk;
 pub mod webhook;
-pub mod worker;
+pub(crate) mod worker;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs one attempt of a job of one kind.
 #[async_trait::async_trait]
-pub trait Deliver: Send + Sync + 'static {
+pub(crate) trait Deliver: Send + Sync + 'static {
     /// The job kind this deliverer runs (`webhook`, `email`).
     fn kind(&self) -> &'static str;
     /// One attempt: its result, and the HTTP status or SMTP code when there was one.
@@ -42,15 +42,15 @@ pub trait Deliver: Send + Sync + 'static {
 
 /// How a worker claims work.
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub owner: String,
+pub(crate) struct WorkerConfig {
+    pub(crate) owner: String,
     /// Most jobs claimed at once.
-    pub batch: u32,
+    pub(crate) batch: u32,
     /// Most attempts in flight at once.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Longer than any attempt can take (the longest target timeout and then some).
-    pub lease: Duration,
-    pub poll: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) poll: Duration,
 }
 
 /// An attempt made, on its way to the recorder.
@@ -66,7 +66,7 @@ struct Made {
 /// have arrived in one transaction: a few commits per second however many jobs complete. A store
 /// write that fails is logged and retried after a growing delay; the worker never ends on one.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<dyn Store>,
     deliver: Arc<dyn Deliver>,
     schedule: Arc<Schedule>,

@@ -81,7 +81,7 @@ fn to_dynamic(action: ActionRequest) -> RhaiResult<Dynamic> {
 }
 
 /// `email(#{ to, cc, reply_to, subject, body, html })`
-pub fn email(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn email(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "email";
     check_fields(
         &map,
@@ -105,10 +105,10 @@ pub fn email(map: Map) -> RhaiResult<Dynamic> {
 /// The deepest a webhook `body` may nest: room for any accepted event (`#{ event: ev }`), and
 /// shallow enough that the evaluation record and job that carry it (a few levels more) read
 /// back, and are written and dropped without deep recursion.
-pub const MAX_BODY_NESTING: usize = crate::event::MAX_NESTING + 10;
+pub(crate) const MAX_BODY_NESTING: usize = crate::event::MAX_NESTING + 10;
 
 /// `webhook(#{ target, url, body })`: `target` (a configured name) or `url`.
-pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn webhook(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "webhook";
     check_fields(&map, A, &["target", "url", "body"])?;
     let target = opt_string(&map, A, "target")?;
@@ -138,7 +138,7 @@ pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
 }
 
 /// `callback_task(#{ phone, name, reason, due_in, priority })`
-pub fn callback_task(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn callback_task(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "callback_task";
     check_fields(&map, A, &["phone", "name", "reason", "due_in", "priority"])?;
     let due_in = match opt_string(&map, A, "due_in")? {
@@ -166,7 +166,7 @@ pub fn callback_task(map: Map) -> RhaiResult<Dynamic> {
 }
 
 /// `close_callback_tasks(#{ phone, note })`
-pub fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "close_callback_tasks";
     check_fields(&map, A, &["phone", "note"])?;
     to_dynamic(ActionRequest::CloseCallbackTasks {
@@ -176,7 +176,7 @@ pub fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
 }
 
 /// Reads back the value a constructor made (or fails, naming what the rule returned instead).
-pub fn from_dynamic(value: &Dynamic) -> Result<ActionRequest, String> {
+pub(crate) fn from_dynamic(value: &Dynamic) -> Result<ActionRequest, String> {
     value.clone().try_cast::<ActionRequest>().ok_or_else(|| {
         format!(
             "`then` must return a list of actions made by email(), webhook(), callback_task() or close_callback_tasks(); got {}",

@@ -13,17 +13,17 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Sandbox limits. A rule that exceeds one fails (that rule only) with an error naming it.
-pub mod limits {
+pub(crate) mod limits {
     /// Operations per call of `when`, `then` or `throttle`: `loop {}` stops here (~1 ms).
-    pub const OPERATIONS: u64 = 100_000;
-    pub const CALL_LEVELS: usize = 16;
-    pub const EXPR_DEPTH: usize = 64;
-    pub const FN_EXPR_DEPTH: usize = 32;
-    pub const STRING_SIZE: usize = 64 * 1024;
-    pub const ARRAY_SIZE: usize = 10_000;
-    pub const MAP_SIZE: usize = 1_000;
-    pub const VARIABLES: usize = 256;
-    pub const FUNCTIONS: usize = 64;
+    pub(crate) const OPERATIONS: u64 = 100_000;
+    pub(crate) const CALL_LEVELS: usize = 16;
+    pub(crate) const EXPR_DEPTH: usize = 64;
+    pub(crate) const FN_EXPR_DEPTH: usize = 32;
+    pub(crate) const STRING_SIZE: usize = 64 * 1024;
+    pub(crate) const ARRAY_SIZE: usize = 10_000;
+    pub(crate) const MAP_SIZE: usize = 1_000;
+    pub(crate) const VARIABLES: usize = 256;
+    pub(crate) const FUNCTIONS: usize = 64;
 }
 
 /// Values from the service's configuration that rules read with `setting("name")` (e.g. a
@@ -32,7 +32,7 @@ pub type RuleSettings = BTreeMap<String, String>;
 
 /// Builds the engine every rule runs on: Rhai's standard library minus `eval`, modules and
 /// the clock (features `no_module`, `no_time`), no output, explicit limits, and the helpers.
-pub fn build_engine(vars: Arc<RuleSettings>) -> Engine {
+pub(crate) fn build_engine(vars: Arc<RuleSettings>) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(limits::OPERATIONS)
@@ -155,7 +155,11 @@ pub struct CompiledRule {
 /// Compiles one rule file. The file's top level may only declare its metadata constants (it is
 /// run once, here, under the same limits); `when(ev)` and `then(ev)` are required, `throttle(ev)`
 /// is optional.
-pub fn compile(engine: &Engine, file: &str, source: &str) -> Result<CompiledRule, CompileError> {
+pub(crate) fn compile(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+) -> Result<CompiledRule, CompileError> {
     let ast = engine.compile(source).map_err(|e| {
         let pos = e.position();
         CompileError::at(file, pos, e.err_type().to_string())

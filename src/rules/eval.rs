@@ -100,7 +100,7 @@ impl Evaluation {
 
 impl RuleSet {
     /// An empty rule set (no rules directory yet).
-    pub fn empty(engine: Arc<Engine>, limits: RuleLimits) -> Self {
+    pub(crate) fn empty(engine: Arc<Engine>, limits: RuleLimits) -> Self {
         RuleSet {
             version: "empty".into(),
             rules: Vec::new(),
@@ -110,7 +110,7 @@ impl RuleSet {
     }
 
     /// The limits this set's rules run under.
-    pub fn limits(&self) -> RuleLimits {
+    pub(crate) fn limits(&self) -> RuleLimits {
         self.limits
     }
 

@@ -34,16 +34,16 @@
 //! - [`tools`]: `check`, `try`, `test`.
 //! - [`whatif`] (PURE): what a candidate rule set would change on stored events.
 
-pub mod actions;
-pub mod budget;
-pub mod compile;
-pub mod eval;
-pub mod load;
-pub mod prefilter;
-pub mod stdlib;
+mod actions;
+mod budget;
+mod compile;
+mod eval;
+mod load;
+mod prefilter;
+mod stdlib;
 pub mod tools;
 pub mod watch;
-pub mod whatif;
+pub(crate) mod whatif;
 
 pub use budget::RuleLimits;
 pub use compile::{CompileError, RuleSettings, Throttle};

@@ -53,7 +53,7 @@ pub fn try_payload(rules: &Rules, body: &[u8]) -> Result<Evaluation, BodyError> 
 
 /// A dry run of one payload against the rules: counters are read from `counters`, and the hits
 /// the evaluation would make are returned, never stored.
-pub fn try_payload_with(
+pub(crate) fn try_payload_with(
     rules: &Rules,
     body: &[u8],
     counters: Arc<dyn super::CounterSource>,

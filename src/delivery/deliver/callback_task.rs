@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 
 /// Records `callback_task` jobs as callback tasks (merged per phone), and runs
 /// `close_callback_tasks` jobs.
-pub struct CallbackDeliverer {
-    pub store: Arc<dyn Store>,
+pub(crate) struct CallbackDeliverer {
+    pub(crate) store: Arc<dyn Store>,
     /// `callback_task` or `close_callback_tasks`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// Set when new tasks are dispatched: woken when one is created.
-    pub dispatch: Option<Arc<Notify>>,
+    pub(crate) dispatch: Option<Arc<Notify>>,
 }
 
 #[async_trait::async_trait]

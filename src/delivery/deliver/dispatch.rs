@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 /// Sends each new callback task where `[callback_dispatch]` says: Udesk's web callback API, or a
 /// webhook target (signed like any webhook, `webhook-id` from the job's key).
-pub struct DispatchDeliverer {
-    pub store: Arc<dyn Store>,
-    pub dispatch: CallbackDispatch,
-    pub webhooks: WebhookSettings,
-    pub clients: Clients,
+pub(crate) struct DispatchDeliverer {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) dispatch: CallbackDispatch,
+    pub(crate) webhooks: WebhookSettings,
+    pub(crate) clients: Clients,
 }
 
 #[async_trait::async_trait]

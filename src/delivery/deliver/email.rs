@@ -7,9 +7,9 @@ use crate::delivery::worker::Deliver;
 use crate::store::StoredJob;
 
 /// Delivers `email` jobs.
-pub struct EmailDeliverer {
-    pub mailer: Mailer,
-    pub from: lettre::message::Mailbox,
+pub(crate) struct EmailDeliverer {
+    pub(crate) mailer: Mailer,
+    pub(crate) from: lettre::message::Mailbox,
 }
 
 #[async_trait::async_trait]

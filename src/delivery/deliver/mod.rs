@@ -5,7 +5,7 @@ mod dispatch;
 mod email;
 mod webhook;
 
-pub use callback_task::CallbackDeliverer;
-pub use dispatch::DispatchDeliverer;
-pub use email::EmailDeliverer;
-pub use webhook::{WebhookDeliverer, WebhookSettings};
+pub(crate) use callback_task::CallbackDeliverer;
+pub(crate) use dispatch::DispatchDeliverer;
+pub(crate) use email::EmailDeliverer;
+pub(crate) use webhook::{WebhookDeliverer, WebhookSettings};

@@ -14,15 +14,15 @@ use std::sync::Arc;
 
 /// What the webhook deliverer needs from the configuration.
 #[derive(Clone)]
-pub struct WebhookSettings {
-    pub targets: Arc<BTreeMap<String, WebhookTarget>>,
-    pub allowlist: Arc<Vec<AllowedUrl>>,
-    pub allow_private: bool,
+pub(crate) struct WebhookSettings {
+    pub(crate) targets: Arc<BTreeMap<String, WebhookTarget>>,
+    pub(crate) allowlist: Arc<Vec<AllowedUrl>>,
+    pub(crate) allow_private: bool,
 }
 
 impl WebhookSettings {
     /// The settings as [`webhook::prepare`] takes them.
-    pub fn context(&self) -> WebhookContext<'_> {
+    pub(crate) fn context(&self) -> WebhookContext<'_> {
         WebhookContext {
             targets: &self.targets,
             allowlist: &self.allowlist,
@@ -32,10 +32,10 @@ impl WebhookSettings {
 }
 
 /// Delivers `webhook` jobs.
-pub struct WebhookDeliverer {
-    pub store: Arc<dyn Store>,
-    pub settings: WebhookSettings,
-    pub clients: Clients,
+pub(crate) struct WebhookDeliverer {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) settings: WebhookSettings,
+    pub(crate) clients: Clients,
 }
 
 #[async_trait::async_trait]
