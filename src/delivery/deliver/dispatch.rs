@@ -26,16 +26,13 @@ impl Deliver for DispatchDeliverer {
     }
 
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
+        let permanent = |reason: String| (AttemptResult::Permanent { reason }, None);
         let Some(task_id) = job.spec["task_id"].as_i64() else {
-            let reason = format!("job {} names no callback task", job.id);
-            return (AttemptResult::Permanent { reason }, None);
+            return permanent(format!("job {} names no callback task", job.id));
         };
         let task = match self.store.get_callback_task(task_id).await {
             Ok(Some(task)) => task,
-            Ok(None) => {
-                let reason = format!("callback task {task_id} does not exist");
-                return (AttemptResult::Permanent { reason }, None);
-            }
+            Ok(None) => return permanent(format!("callback task {task_id} does not exist")),
             Err(error) => {
                 let reason = format!("reading callback task {task_id} failed: {error}");
                 let result = AttemptResult::Transient {
@@ -61,25 +58,14 @@ impl Deliver for DispatchDeliverer {
                 (udesk::classify_answer(sent.result, &sent.body), sent.code)
             }
             CallbackDispatch::Webhook(target) => {
+                let (ctx, key) = (self.webhooks.context(), &job.idempotency_key);
                 let body = udesk::task_webhook_body(&task);
-                match webhook::prepare(
-                    &self.webhooks.context(),
-                    Some(target),
-                    None,
-                    &body,
-                    &job.idempotency_key,
-                    now / 1000,
-                ) {
+                match webhook::prepare(&ctx, Some(target), None, &body, key, now / 1000) {
                     Ok(request) => {
                         let sent = webhook::send(&self.clients, &request).await;
                         (sent.result, sent.code)
                     }
-                    Err(error) => (
-                        AttemptResult::Permanent {
-                            reason: error.to_string(),
-                        },
-                        None,
-                    ),
+                    Err(error) => permanent(error.to_string()),
                 }
             }
         }
