@@ -143,7 +143,8 @@ async fn main() {
 /// Queues `jobs` webhook jobs in the store, then starts the service and times their delivery.
 async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, instances: usize) {
     use switchboard::event::{decode, dedupe_key, parse_body};
-    use switchboard::store::{Finished, Lease, NewEvent, NewJob, job_status, now_millis};
+    use switchboard::store::{Finished, Lease, NewEvent, NewJob, job_status};
+    use switchboard::time::now_millis;
     let store = switchboard::store::open(config.database_url.expose())
         .await
         .unwrap();

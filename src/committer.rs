@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 /// Why an event could not be committed. Either way nothing was stored and the sender may retry.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CommitError {
+pub(crate) enum CommitError {
     #[error("the service is shutting down")]
     Closed,
     #[error(transparent)]
@@ -25,6 +25,8 @@ struct Pending {
 /// The handle requests use to commit an event. Cheap to clone; the commit task ends once every
 /// handle is dropped and the queue is drained.
 #[derive(Clone)]
+// `pub` only because `api::AppState` holds one: the module is private, so nothing outside
+// the crate can name it.
 pub struct Committer {
     queue: mpsc::Sender<Pending>,
 }
@@ -32,7 +34,7 @@ pub struct Committer {
 impl Committer {
     /// Starts the commit task. `committed` is notified after each batch that stored a new event;
     /// `health` hears of every commit's outcome.
-    pub fn spawn(
+    pub(crate) fn spawn(
         store: Arc<dyn Store>,
         committed: Arc<Notify>,
         max_batch: usize,
@@ -52,7 +54,7 @@ impl Committer {
     }
 
     /// Queues an event and waits until it is durably committed (or found to be a duplicate).
-    pub async fn commit(&self, event: NewEvent) -> Result<Inserted, CommitError> {
+    pub(crate) async fn commit(&self, event: NewEvent) -> Result<Inserted, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { event, reply })

@@ -423,7 +423,7 @@ impl HttpFile {
     fn apply(self, limits: &mut crate::api::HttpLimits) -> Result<(), ConfigError> {
         let duration = |setting: &'static str, text: Option<String>, into: &mut Duration| {
             if let Some(text) = text {
-                *into = crate::rules::stdlib::parse_duration(&text)
+                *into = crate::time::parse_duration(&text)
                     .map_err(|e| ConfigError::invalid(setting, e))?;
             }
             Ok::<_, ConfigError>(())
@@ -600,7 +600,7 @@ impl FileConfig {
             config.processors = n;
         }
         if let Some(retention) = self.counter_retention {
-            config.counter_retention = crate::rules::stdlib::parse_duration(&retention)
+            config.counter_retention = crate::time::parse_duration(&retention)
                 .map_err(|e| ConfigError::invalid("counter_retention", e))?;
         }
         if let Some(ms) = self.processing_poll_ms {
@@ -705,7 +705,7 @@ impl FileConfig {
             if let Some(delays) = delivery.retry_schedule {
                 let delays = delays
                     .iter()
-                    .map(|d| crate::rules::stdlib::parse_duration(d))
+                    .map(|d| crate::time::parse_duration(d))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| ConfigError::invalid("delivery.retry_schedule", e))?;
                 config.retry_schedule = Schedule { delays };

@@ -10,7 +10,7 @@
 //! instance ready again, so one taken out of rotation does not wait for traffic that never comes.
 
 use crate::metrics::Metrics;
-use crate::store::{Millis, now_millis};
+use crate::time::{Millis, now_millis};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

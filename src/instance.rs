@@ -3,19 +3,20 @@
 
 use crate::health::{WriteHealth, op};
 use crate::rules::Rules;
-pub use crate::store::InstanceInfo;
-use crate::store::{Store, now_millis};
+pub(crate) use crate::store::InstanceInfo;
+use crate::store::Store;
+use crate::time::now_millis;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often an instance refreshes its row.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps `me` current in the store (its rule set version and `seen_at`) until `shutdown`. A rule
 /// set change is reported within a second; a failed write is tried again a second later. Each
 /// outcome goes to `health` (after an idle spell a success is the probe that writes work).
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     health: Arc<WriteHealth>,
@@ -41,4 +42,19 @@ pub async fn heartbeat(
             _ = shutdown.cancelled() => break,
         }
     }
+}
+
+/// This instance's id, unique to this process: host, pid and start time. Its processors and
+/// workers take their lease owner names from it.
+pub(crate) fn new_id() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-pid{}-{started:x}", std::process::id())
 }

@@ -13,33 +13,44 @@
 //! ```
 //!
 //! - [`event`]: PURE. The typed, leniently decoded notification (`CallEvent`), outcomes, warnings.
+//! - [`action`]: PURE. The actions a rule asks for, as delivery executes them.
+//! - [`time`]: PURE. Unix milliseconds, and parsing durations and times.
 //! - [`config`]: the one `Config`, from defaults, file, environment and flags.
 //! - [`store`]: the `Store` trait and its SQLite and PostgreSQL backends.
 //! - [`committer`]: group commit of accepted notifications.
 //! - [`processor`]: claims accepted events from the store, evaluates them, records the result.
 //! - [`rules`]: Rhai rules: compile, evaluate (PURE), load and hot-reload, check/try/test,
 //!   what-if comparison (PURE).
+//! - [`evaluation`]: rules over stored events: counters in the store, the evaluation thread, the
+//!   record an evaluation leaves.
 //! - [`delivery`]: the retry policy and signing (PURE), the senders, and the job workers.
+//! - [`wakeup`]: waking the processor and each job kind's worker when work is queued.
 //! - [`replay`]: replay and what-if over stored events.
-//! - [`instance`]: this process's heartbeat row: which rule set it runs.
+//! - [`instance`]: this process's id and heartbeat row: which rule set it runs.
+//! - [`maintenance`]: periodic pruning of counter hits and throttle windows.
 //! - [`health`]: whether the store takes this instance's writes (readiness), and retry backoff.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`api`]: the HTTP surface (`router(state)`), auth, errors, the OpenAPI document.
 //! - [`console`]: the embedded operator dashboard.
 
+pub mod action;
 pub mod api;
-pub mod committer;
+mod committer;
 pub mod config;
-pub mod console;
+mod console;
 pub mod delivery;
+mod evaluation;
 pub mod event;
-pub mod health;
-pub mod instance;
-pub mod metrics;
-pub mod processor;
+mod health;
+mod instance;
+mod maintenance;
+mod metrics;
+mod processor;
 pub mod replay;
 pub mod rules;
 pub mod store;
+pub mod time;
+mod wakeup;
 
 use config::Config;
 use std::future::Future;
@@ -106,77 +117,6 @@ fn log_rules(rules: &rules::Rules) {
     );
 }
 
-/// Every ten minutes, deletes counter hits older than `retention` and closed throttle windows,
-/// a bounded batch per statement (several instances doing it at once is harmless). After a
-/// failed round the next one comes sooner: 30 s, doubling up to the ten minutes.
-async fn prune(
-    store: Arc<dyn store::Store>,
-    retention: std::time::Duration,
-    health: Arc<health::WriteHealth>,
-    stop: CancellationToken,
-) {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
-    const BATCH: u32 = 5_000;
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let mut backoff = health::Backoff::new(std::time::Duration::from_secs(30), EVERY);
-    let mut next = EVERY;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            _ = stop.cancelled() => break,
-        }
-        next = EVERY;
-        let mut pruned = 0;
-        loop {
-            let now = store::now_millis();
-            let round = store
-                .prune(now.saturating_sub(retention_ms), now, BATCH)
-                .await;
-            health.record(health::op::PRUNE, &round);
-            match round {
-                Ok(n) => {
-                    backoff.succeeded();
-                    pruned += n;
-                    if n < u64::from(BATCH) || stop.is_cancelled() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    next = backoff.failed();
-                    tracing::warn!(%error, retry_in_secs = next.as_secs(), "pruning old counter hits failed; will retry");
-                    break;
-                }
-            }
-        }
-        if pruned > 0 {
-            tracing::info!(
-                rows = pruned,
-                "pruned counter hits and throttle windows no window needs"
-            );
-        }
-    }
-}
-
-/// Passes the store's wake-ups on: new events to the processor, new jobs to every worker.
-async fn forward_wakeups(
-    mut wakeups: tokio::sync::mpsc::Receiver<store::Wakeup>,
-    processor: Arc<Notify>,
-    job_workers: Arc<delivery::worker::Wakers>,
-    stop: CancellationToken,
-) {
-    loop {
-        let wakeup = tokio::select! {
-            wakeup = wakeups.recv() => wakeup,
-            _ = stop.cancelled() => break,
-        };
-        match wakeup {
-            Some(store::Wakeup::Events) => processor.notify_one(),
-            Some(store::Wakeup::Jobs) => job_workers.wake_all(),
-            None => break,
-        }
-    }
-}
-
 /// Where dispatched tasks go, for the start-up log (no credentials).
 fn dispatch_target(dispatch: &config::CallbackDispatch) -> String {
     match dispatch {
@@ -222,11 +162,11 @@ pub async fn run(
             );
         }
     });
-    let instance_id = processor::owner_id();
+    let instance_id = instance::new_id();
     let metrics = Arc::new(metrics::Metrics::new());
     let health = Arc::new(health::WriteHealth::new(metrics.clone()));
     let committed = Arc::new(Notify::new());
-    let mut wakers = delivery::worker::Wakers::default();
+    let mut wakers = wakeup::Wakers::default();
     let webhook_ready = wakers.of("webhook");
     let email_ready = wakers.of("email");
     let callbacks_ready = [
@@ -302,14 +242,14 @@ pub async fn run(
             stop_delivery.clone(),
         ))
     };
-    let webhook_settings = delivery::worker::WebhookSettings {
+    let webhook_settings = delivery::deliver::WebhookSettings {
         targets: Arc::new(config.webhook_targets.clone()),
         allowlist: Arc::new(config.webhook_url_allowlist.clone()),
         allow_private: config.allow_private_targets,
     };
     let clients = delivery::webhook::Clients::new().map_err(|e| ServeError::Http(e.to_string()))?;
     let mut delivery_tasks = vec![worker(
-        Arc::new(delivery::worker::WebhookDeliverer {
+        Arc::new(delivery::deliver::WebhookDeliverer {
             store: store.clone(),
             settings: webhook_settings.clone(),
             clients: clients.clone(),
@@ -332,7 +272,7 @@ pub async fn run(
             delivery::email::Mailer::outbox(&config.outbox_dir)?
         }
     };
-    let emails = delivery::worker::EmailDeliverer {
+    let emails = delivery::deliver::EmailDeliverer {
         mailer,
         from: config
             .email_from
@@ -347,7 +287,7 @@ pub async fn run(
     if let (Some(dispatch), Some(ready)) = (&config.callback_dispatch, &dispatch_ready) {
         tracing::info!(to = ?dispatch_target(dispatch), "new callback tasks are dispatched");
         delivery_tasks.push(worker(
-            Arc::new(delivery::worker::DispatchDeliverer {
+            Arc::new(delivery::deliver::DispatchDeliverer {
                 store: store.clone(),
                 dispatch: dispatch.clone(),
                 webhooks: webhook_settings.clone(),
@@ -362,7 +302,7 @@ pub async fn run(
         .into_iter()
         .zip(callbacks_ready)
     {
-        let deliver = delivery::worker::CallbackDeliverer {
+        let deliver = delivery::deliver::CallbackDeliverer {
             store: store.clone(),
             kind,
             dispatch: dispatch_ready.clone(),
@@ -400,7 +340,7 @@ pub async fn run(
     let wakeup_task = match store.listen().await? {
         Some(wakeups) => {
             tracing::info!("listening for work queued by other instances (LISTEN/NOTIFY)");
-            Some(tokio::spawn(forward_wakeups(
+            Some(tokio::spawn(wakeup::forward(
                 wakeups,
                 committed.clone(),
                 state.job_workers.clone(),
@@ -409,7 +349,7 @@ pub async fn run(
         }
         None => None,
     };
-    let prune_task = tokio::spawn(prune(
+    let prune_task = tokio::spawn(maintenance::prune(
         store.clone(),
         config.counter_retention,
         health.clone(),
@@ -421,7 +361,7 @@ pub async fn run(
         health,
         instance::InstanceInfo {
             id: instance_id,
-            started_at: store::now_millis(),
+            started_at: time::now_millis(),
             seen_at: 0,
             ruleset_version: String::new(),
             rules_dir: config.rules_dir.display().to_string(),

@@ -243,15 +243,15 @@ fn run_cli() -> anyhow::Result<()> {
             json,
         } => {
             let url = database_url(db, cli.config.as_deref())?;
-            let now = switchboard::store::now_millis();
+            let now = switchboard::time::now_millis();
             let request = switchboard::replay::WhatIf {
                 rules_dir: rules,
                 settings: rule_settings()?,
                 limits: rule_limits()?,
-                since: switchboard::replay::parse_since(&since, now)
+                since: switchboard::time::parse_since(&since, now)
                     .map_err(|e| anyhow::anyhow!("--since {e}"))?,
                 until: match until {
-                    Some(until) => switchboard::replay::parse_instant(&until)
+                    Some(until) => switchboard::time::parse_instant(&until)
                         .map_err(|e| anyhow::anyhow!("--until {e}"))?,
                     None => now,
                 },
@@ -299,7 +299,7 @@ fn time(ms: i64) -> String {
 
 async fn jobs_command(url: String, action: JobsAction) -> anyhow::Result<()> {
     let store = switchboard::store::open(&url).await?;
-    let now = switchboard::store::now_millis();
+    let now = switchboard::time::now_millis();
     match action {
         JobsAction::List { status, limit } => {
             println!(
@@ -416,7 +416,7 @@ async fn what_if_command(
 
 async fn tasks_command(url: String, action: TasksAction) -> anyhow::Result<()> {
     let store = switchboard::store::open(&url).await?;
-    let now = switchboard::store::now_millis();
+    let now = switchboard::time::now_millis();
     let (id, from, to, agent, outcome) = match action {
         TasksAction::List {
             status,

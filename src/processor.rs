@@ -5,14 +5,13 @@
 //! fails to load or to process is retried on its own after a backoff and quarantined after too
 //! many failures; the rest of its batch goes on.
 
-use crate::delivery::worker::Wakers;
+use crate::evaluation::{StoreCounters, finished, on_evaluation_thread};
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
-use crate::rules::{CounterSource, EvalContext, Evaluation, Rules};
-use crate::store::{
-    EventFailure, EventId, EventNext, Finished, Lease, Millis, NewJob, RuleThrottle, Store,
-    StoredEvent, now_millis,
-};
+use crate::rules::{EvalContext, Evaluation, Rules};
+use crate::store::{EventFailure, EventNext, Finished, Lease, Store, StoredEvent};
+use crate::time::{Millis, now_millis};
+use crate::wakeup::Wakers;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,22 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 /// How a processor claims work.
 #[derive(Debug, Clone)]
-pub struct ProcessorConfig {
+pub(crate) struct ProcessorConfig {
     /// Identifies this processor in leases; unique per process.
-    pub owner: String,
+    pub(crate) owner: String,
     /// Most events claimed at once.
-    pub batch: u32,
+    pub(crate) batch: u32,
     /// How long claimed events stay ours.
-    pub lease: Duration,
+    pub(crate) lease: Duration,
     /// How often to look for work without a wake-up (events from other instances).
-    pub poll: Duration,
+    pub(crate) poll: Duration,
     /// After a batch that was not full, wait this long before claiming again, so that under a
     /// steady stream of notifications batches grow instead of one transaction per commit.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// Failed attempts before an event is quarantined.
-    pub max_failures: u32,
+    pub(crate) max_failures: u32,
     /// The wait after an event's first failure; doubled after each further one.
-    pub retry_backoff: Duration,
+    pub(crate) retry_backoff: Duration,
 }
 
 /// The longest wait between two attempts at an event, however many failures.
@@ -45,12 +44,7 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(3600);
 /// What becomes of an event that failed for the `failures`-th time (PURE): retried after
 /// `backoff` doubled per earlier failure (at most [`MAX_RETRY_BACKOFF`]), or quarantined once
 /// `failures` reaches `max_failures`.
-pub fn after_failure(
-    failures: i64,
-    max_failures: u32,
-    backoff: Duration,
-    now: Millis,
-) -> EventNext {
+fn after_failure(failures: i64, max_failures: u32, backoff: Duration, now: Millis) -> EventNext {
     if failures >= i64::from(max_failures) {
         return EventNext::Quarantine;
     }
@@ -64,7 +58,7 @@ pub fn after_failure(
 /// Runs until `shutdown` is cancelled, finishing the batch in hand first. A store write that
 /// fails is logged and retried after a growing delay ([`Backoff`]); the loop never ends on one.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
     wake: Arc<Notify>,
@@ -149,40 +143,6 @@ struct Batch<'a> {
     config: &'a ProcessorConfig,
     lease: &'a Lease,
     shutdown: &'a CancellationToken,
-}
-
-/// The stack of the threads rules run on. A rule may build data nested as deep as its size
-/// limits allow (about 11,000 levels of arrays and maps), and Rhai checks, copies and drops
-/// such data recursively: far more stack than a runtime thread's 2 MiB. Only the pages used
-/// are ever touched.
-const EVALUATION_STACK_BYTES: usize = 256 << 20;
-
-/// Why evaluation could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum EvaluationThreadError {
-    #[error("could not start an evaluation thread: {0}")]
-    Spawn(std::io::Error),
-    #[error("the evaluation thread panicked")]
-    Panicked,
-}
-
-/// Runs rule evaluation (`work`) on a thread of its own with a deep stack (see
-/// [`EVALUATION_STACK_BYTES`]), and waits for its result without blocking the runtime. `work`
-/// may block on the runtime (windowed counters read the store).
-pub async fn on_evaluation_thread<T, F>(work: F) -> Result<T, EvaluationThreadError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("rule-evaluation".into())
-        .stack_size(EVALUATION_STACK_BYTES)
-        .spawn(move || {
-            let _ = tx.send(work());
-        })
-        .map_err(EvaluationThreadError::Spawn)?;
-    rx.await.map_err(|_| EvaluationThreadError::Panicked)
 }
 
 /// An event of the batch that failed this time, and why.
@@ -490,113 +450,6 @@ fn log_rule_errors(results: &[Finished]) {
             }
         }
     }
-}
-
-/// The record of one event's evaluation, with a job for each action of each matching rule and
-/// the throttles those rules asked for (applied at `evaluated_at`, the event's time).
-pub fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> Finished {
-    let jobs = evaluation
-        .matched()
-        .flat_map(|verdict| {
-            verdict
-                .actions
-                .iter()
-                .enumerate()
-                .map(|(index, action)| NewJob {
-                    rule: verdict.rule.clone(),
-                    action_index: u32::try_from(index).unwrap_or(u32::MAX),
-                    kind: action.kind().to_string(),
-                    spec: serde_json::to_value(action).unwrap_or_default(),
-                })
-        })
-        .collect();
-    let throttles = evaluation
-        .matched()
-        .filter_map(|verdict| {
-            verdict.throttle.as_ref().map(|t| RuleThrottle {
-                rule: verdict.rule.clone(),
-                key: t.key.clone(),
-                window_ms: t.window_ms,
-                at: evaluated_at,
-            })
-        })
-        .collect();
-    Finished {
-        event_id,
-        throttles,
-        ruleset_version: evaluation.ruleset_version.clone(),
-        record: serde_json::to_value(&evaluation).unwrap_or_default(),
-        jobs,
-    }
-}
-
-/// The windowed counters of one event being processed: each hit is recorded in the store as it
-/// is made and gets its exact ordinal there (per key, across processors and instances); an
-/// event evaluated again gets the ordinals it had. Blocks on the runtime: use it from a
-/// blocking thread.
-pub struct StoreCounters {
-    pub store: Arc<dyn Store>,
-    pub runtime: tokio::runtime::Handle,
-    pub event_id: EventId,
-}
-
-impl CounterSource for StoreCounters {
-    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String> {
-        self.runtime
-            .block_on(self.store.record_hit(key, self.event_id, at_ms, window_ms))
-            .map_err(|error| format!("the counter store is unavailable: {error}"))
-    }
-}
-
-/// Counters as the store has them, for a dry run: what the next hit's ordinal would be, and
-/// nothing is recorded. Blocks on the runtime: use it from a blocking thread.
-pub struct DryRunCounters {
-    pub store: Arc<dyn Store>,
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl CounterSource for DryRunCounters {
-    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String> {
-        self.runtime
-            .block_on(self.store.count_hits(key, at_ms.saturating_sub(window_ms)))
-            .map(|stored| stored + 1)
-            .map_err(|error| format!("the counter store is unavailable: {error}"))
-    }
-}
-
-/// Counters as they stood when a stored event was first evaluated: the ordinals its hits got
-/// (for a key it never counted, the hits of earlier events up to its time, plus one). Replay and
-/// what-if use it, so that re-evaluating history counts what the event saw, not what came after
-/// it; nothing is recorded. Blocks on the runtime: use it from a blocking thread.
-pub struct HistoricCounters {
-    pub store: Arc<dyn Store>,
-    pub runtime: tokio::runtime::Handle,
-    pub event_id: EventId,
-}
-
-impl CounterSource for HistoricCounters {
-    fn hit(&self, key: &str, at_ms: i64, window_ms: i64) -> Result<u64, String> {
-        self.runtime
-            .block_on(
-                self.store
-                    .hit_ordinal_as_of(key, self.event_id, at_ms, window_ms),
-            )
-            .map_err(|error| format!("the counter store is unavailable: {error}"))
-    }
-}
-
-/// A processor id unique to this process: pid and start time.
-pub fn owner_id() -> String {
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    format!("{host}-pid{}-{started:x}", std::process::id())
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! and reports; a real replay queues new jobs under keys that never collide with the first run.
 //! Events whose stored row cannot be read back are skipped and named in the answer.
 
-use crate::processor::{HistoricCounters, finished};
+use crate::evaluation::{HistoricCounters, finished, on_evaluation_thread};
 use crate::rules::whatif::{Comparison, EventRef, Report};
 use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
-use crate::store::{EventQuery, Millis, Store, StoreError, StoredEvent, Unreadable, now_millis};
+use crate::store::{EventQuery, Store, StoreError, StoredEvent, Unreadable};
+use crate::time::{Millis, now_millis};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,33 +26,6 @@ pub enum ReplayError {
     Evaluation(String),
     #[error("event {} cannot be evaluated: {}", .0.id, .0.reason)]
     Unreadable(Unreadable),
-}
-
-/// A start time: a duration back from `now` (`7d`, `90m`), unix milliseconds, RFC 3339, or
-/// Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`.
-/// The error says what was expected (`must be …, got …`).
-pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
-    if let Ok(ago) = crate::rules::stdlib::parse_duration(text) {
-        return Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
-    }
-    time_millis(text).ok_or_else(|| {
-        format!("must be {TIME_FORMS} or a duration back from now (`7d`, `12h`), got `{text}`")
-    })
-}
-
-/// A time: unix milliseconds, RFC 3339, or Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`. The error says
-/// what was expected (`must be …, got …`).
-pub fn parse_instant(text: &str) -> Result<Millis, String> {
-    time_millis(text).ok_or_else(|| format!("must be {TIME_FORMS}, got `{text}`"))
-}
-
-const TIME_FORMS: &str = "a time (RFC 3339, `2026-11-20 10:15:42 +0800`, or unix milliseconds)";
-
-fn time_millis(text: &str) -> Option<Millis> {
-    let text = text.trim();
-    text.parse::<i64>()
-        .ok()
-        .or_else(|| crate::event::parse_time(text).map(|t| t.timestamp_millis()))
 }
 
 /// Stored events received in `[since, until)`, newest first, at most `limit`.
@@ -117,7 +91,7 @@ async fn evaluate_all(
     events: Vec<StoredEvent>,
 ) -> Result<Vec<(StoredEvent, Evaluation)>, ReplayError> {
     let handle = tokio::runtime::Handle::current();
-    crate::processor::on_evaluation_thread(move || {
+    on_evaluation_thread(move || {
         events
             .into_iter()
             .map(|event| {
@@ -143,23 +117,23 @@ async fn evaluate_all(
 
 /// The result of replaying one event.
 #[derive(Debug, Serialize)]
-pub struct Replayed {
-    pub event_id: i64,
-    pub dry_run: bool,
+pub(crate) struct Replayed {
+    pub(crate) event_id: i64,
+    pub(crate) dry_run: bool,
     /// The evaluation against the running rules.
-    pub evaluation: Evaluation,
+    pub(crate) evaluation: Evaluation,
     /// The actions it asks for (kind, rule, action).
-    pub actions: Vec<serde_json::Value>,
+    pub(crate) actions: Vec<serde_json::Value>,
     /// A real replay's run id: its jobs' keys end with it.
-    pub run: Option<String>,
+    pub(crate) run: Option<String>,
     /// Jobs queued (0 for a dry run).
-    pub queued: u64,
+    pub(crate) queued: u64,
 }
 
 /// Replays events against the running rules: a dry run reports only; a real run queues the
 /// actions as new jobs (run id `replay-<unix ms>`). Events that cannot be read back are left
 /// out: see [`readable`].
-pub async fn replay(
+pub(crate) async fn replay(
     store: Arc<dyn Store>,
     rules: &Rules,
     events: Vec<StoredEvent>,
@@ -196,7 +170,7 @@ pub async fn replay(
 }
 
 /// Replays one stored event.
-pub async fn replay_event(
+pub(crate) async fn replay_event(
     store: Arc<dyn Store>,
     rules: &Rules,
     id: i64,
@@ -213,17 +187,17 @@ pub async fn replay_event(
 
 /// A replay of a time range.
 #[derive(Debug)]
-pub struct RangeReplay {
-    pub replayed: Vec<Replayed>,
+pub(crate) struct RangeReplay {
+    pub(crate) replayed: Vec<Replayed>,
     /// The limit cut the range short.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     /// Events of the range that could not be read back, so were not replayed.
-    pub unreadable: Vec<Unreadable>,
+    pub(crate) unreadable: Vec<Unreadable>,
 }
 
 /// Replays the events received in `[since, until)` (at most `limit`, newest first); also says
 /// whether the limit cut the range short, and which events could not be read back.
-pub async fn replay_range(
+pub(crate) async fn replay_range(
     store: Arc<dyn Store>,
     rules: &Rules,
     since: Millis,

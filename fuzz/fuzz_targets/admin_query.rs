@@ -9,8 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use switchboard::api::parse_event_query;
-use switchboard::replay::{parse_instant, parse_since};
-use switchboard::rules::stdlib::parse_duration;
+use switchboard::time::{parse_duration, parse_instant, parse_since};
 
 /// A fixed "now" (2026-12-01), so that runs are reproducible.
 const NOW_MS: i64 = 1_796_083_200_000;

@@ -357,7 +357,7 @@ pub fn parse_query(params: &HashMap<String, String>) -> Result<EventQuery, ApiEr
 
 /// RFC 3339, Udesk's `YYYY-MM-DD HH:MM:SS +ZZZZ`, or unix milliseconds.
 pub(super) fn parse_instant(name: &str, value: &str) -> Result<Millis, ApiError> {
-    crate::replay::parse_instant(value).map_err(|e| invalid(name, e))
+    crate::time::parse_instant(value).map_err(|e| invalid(name, e))
 }
 
 pub(super) fn invalid(parameter: &str, message: String) -> ApiError {

@@ -26,7 +26,7 @@ fn invalid(parameter: &str, message: impl std::fmt::Display) -> ApiError {
 
 /// `text` as a duration of at most [`MAX_DURATION`], or a 400 naming `parameter`.
 pub fn bounded_duration(parameter: &str, text: &str) -> Result<Duration, ApiError> {
-    let duration = crate::rules::stdlib::parse_duration(text).map_err(|e| invalid(parameter, e))?;
+    let duration = crate::time::parse_duration(text).map_err(|e| invalid(parameter, e))?;
     check_duration(parameter, duration)?;
     Ok(duration)
 }

@@ -3,7 +3,8 @@
 use super::{ApiError, AppState, auth};
 use crate::committer::CommitError;
 use crate::event::{self, BodyError, Warning};
-use crate::store::{NewEvent, now_millis};
+use crate::store::NewEvent;
+use crate::time::now_millis;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};

@@ -54,7 +54,7 @@ pub struct AppState {
     /// Directories what-if may read candidate rules from.
     pub what_if_roots: Vec<std::path::PathBuf>,
     /// Woken when an operator queues jobs (a real replay).
-    pub job_workers: Arc<crate::delivery::worker::Wakers>,
+    pub job_workers: Arc<crate::wakeup::Wakers>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether the store takes this instance's writes (`/readyz`).
     pub health: Arc<crate::health::WriteHealth>,

@@ -4,7 +4,8 @@
 
 use super::{ApiError, AppState, JsonBody};
 use super::{Path, Query};
-use crate::store::{Mute, now_millis};
+use crate::store::Mute;
+use crate::time::now_millis;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -3,7 +3,8 @@
 
 use super::Query;
 use super::{ApiError, AppState};
-use crate::store::{InstanceInfo, now_millis};
+use crate::store::InstanceInfo;
+use crate::time::now_millis;
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@
 use super::Path;
 use super::{ApiError, AppState, JsonBody};
 use crate::replay::{self, ReplayError, WhatIf};
-use crate::store::{Millis, now_millis};
+use crate::time::{Millis, now_millis};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -52,10 +52,10 @@ fn body_or_default<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Api
 
 /// A time, or a duration back from now (`7d`, `90m`) of at most [`super::MAX_DURATION`].
 fn parse_since(name: &str, value: &str, now: Millis) -> Result<Millis, ApiError> {
-    if let Ok(ago) = crate::rules::stdlib::parse_duration(value) {
+    if let Ok(ago) = crate::time::parse_duration(value) {
         super::extract::check_duration(name, ago)?;
     }
-    replay::parse_since(value, now).map_err(|e| super::events::invalid(name, e))
+    crate::time::parse_since(value, now).map_err(|e| super::events::invalid(name, e))
 }
 
 fn limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {

@@ -2,7 +2,7 @@
 //! `POST /v1/rules/try` (a dry run of a payload: no side effects).
 
 use super::{ApiError, AppState};
-use crate::processor::DryRunCounters;
+use crate::evaluation::{DryRunCounters, on_evaluation_thread};
 use crate::rules::{RuleStatus, tools};
 use axum::Json;
 use axum::body::Bytes;
@@ -45,11 +45,9 @@ pub async fn try_rules(
         store: state.store.clone(),
         runtime: tokio::runtime::Handle::current(),
     });
-    let evaluation = crate::processor::on_evaluation_thread(move || {
-        tools::try_payload_with(&rules, &body, counters)
-    })
-    .await
-    .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
-    .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
+    let evaluation = on_evaluation_thread(move || tools::try_payload_with(&rules, &body, counters))
+        .await
+        .map_err(|e| ApiError::unavailable("the dry run failed", &e))?
+        .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()))?;
     Ok(Json(evaluation))
 }

@@ -4,7 +4,8 @@
 
 use super::{ApiError, AppState, JsonBody};
 use super::{Path, Query};
-use crate::store::{CallbackTask, StoredAttempt, StoredJob, TaskQuery, now_millis};
+use crate::store::{CallbackTask, StoredAttempt, StoredJob, TaskQuery};
+use crate::time::now_millis;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;

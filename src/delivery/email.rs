@@ -2,31 +2,13 @@
 //! into an `.eml` file is the I/O edge.
 
 use super::retry::AttemptResult;
+use crate::action::EmailSpec;
 use crate::config::{SmtpConfig, SmtpTls};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-/// An email as a rule asks for it, fully rendered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EmailSpec {
-    /// One or more recipients.
-    pub to: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cc: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<String>,
-    pub subject: String,
-    /// Plain-text body.
-    #[serde(default)]
-    pub body: String,
-    /// Optional HTML alternative to `body`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-}
 
 /// Why a message cannot be built. Permanent: retrying the same spec cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

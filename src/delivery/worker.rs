@@ -2,48 +2,22 @@
 //! target holds up only its own job), and records every attempt with what happens next: done,
 //! retry at a time from the schedule, or dead-lettered. A job whose worker died is taken over
 //! when its lease expires; a job is recorded once, by the worker that holds it. Each kind has its
-//! own worker, so a dead mail server holds up no webhook.
+//! own worker, so a dead mail server holds up no webhook. What one attempt does is up to the
+//! kind's [`Deliver`] (`super::deliver`).
 
 use super::retry::{AttemptResult, Decision, Schedule, decide};
-use super::webhook::{self, Clients, WebhookContext};
-use crate::config::WebhookTarget;
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{AttemptLabels, KindLabels, Metrics};
-use crate::rules::ActionRequest;
-use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob, now_millis};
-use std::collections::BTreeMap;
+use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob};
+use crate::time::now_millis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// One wake-up per job kind: whoever queues jobs of a kind wakes that kind's worker (and only
-/// that one: an idle worker's claim is a write transaction for nothing).
-#[derive(Debug, Default)]
-pub struct Wakers(BTreeMap<&'static str, Arc<Notify>>);
-
-impl Wakers {
-    /// The wake-up of `kind`'s worker (made on first use).
-    pub fn of(&mut self, kind: &'static str) -> Arc<Notify> {
-        self.0.entry(kind).or_default().clone()
-    }
-
-    /// Wakes the worker of `kind`, if there is one.
-    pub fn wake(&self, kind: &str) {
-        if let Some(notify) = self.0.get(kind) {
-            notify.notify_one();
-        }
-    }
-
-    /// Wakes every worker.
-    pub fn wake_all(&self) {
-        self.0.values().for_each(|n| n.notify_one());
-    }
-}
-
 /// Runs one attempt of a job of one kind.
 #[async_trait::async_trait]
-pub trait Deliver: Send + Sync + 'static {
+pub(crate) trait Deliver: Send + Sync + 'static {
     /// The job kind this deliverer runs (`webhook`, `email`).
     fn kind(&self) -> &'static str;
     /// One attempt: its result, and the HTTP status or SMTP code when there was one.
@@ -66,49 +40,17 @@ pub trait Deliver: Send + Sync + 'static {
     }
 }
 
-/// What the webhook deliverer needs from the configuration.
-#[derive(Clone)]
-pub struct WebhookSettings {
-    pub targets: Arc<BTreeMap<String, WebhookTarget>>,
-    pub allowlist: Arc<Vec<super::address::AllowedUrl>>,
-    pub allow_private: bool,
-}
-
-/// Delivers `webhook` jobs.
-pub struct WebhookDeliverer {
-    pub store: Arc<dyn Store>,
-    pub settings: WebhookSettings,
-    pub clients: Clients,
-}
-
-#[async_trait::async_trait]
-impl Deliver for WebhookDeliverer {
-    fn kind(&self) -> &'static str {
-        "webhook"
-    }
-
-    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
-        match build_request(&self.store, &self.settings, job, now_millis()).await {
-            Ok(request) => {
-                let sent = webhook::send(&self.clients, &request).await;
-                (sent.result, sent.code)
-            }
-            Err(result) => (result, None),
-        }
-    }
-}
-
 /// How a worker claims work.
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub owner: String,
+pub(crate) struct WorkerConfig {
+    pub(crate) owner: String,
     /// Most jobs claimed at once.
-    pub batch: u32,
+    pub(crate) batch: u32,
     /// Most attempts in flight at once.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Longer than any attempt can take (the longest target timeout and then some).
-    pub lease: Duration,
-    pub poll: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) poll: Duration,
 }
 
 /// An attempt made, on its way to the recorder.
@@ -124,7 +66,7 @@ struct Made {
 /// have arrived in one transaction: a few commits per second however many jobs complete. A store
 /// write that fails is logged and retried after a growing delay; the worker never ends on one.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<dyn Store>,
     deliver: Arc<dyn Deliver>,
     schedule: Arc<Schedule>,
@@ -413,305 +355,5 @@ fn finished_attempt(
         job_id: job.id,
         attempt,
         next,
-    }
-}
-
-/// The request for a job, or the permanent failure that makes it unsendable.
-async fn build_request(
-    store: &Arc<dyn Store>,
-    settings: &WebhookSettings,
-    job: &StoredJob,
-    now: i64,
-) -> Result<webhook::PreparedRequest, AttemptResult> {
-    let permanent = |reason: String| AttemptResult::Permanent { reason };
-    let Ok(ActionRequest::Webhook { target, url, body }) = serde_json::from_value(job.spec.clone())
-    else {
-        return Err(permanent(format!("job {} is not a webhook action", job.id)));
-    };
-    let body = match body {
-        Some(body) => body,
-        None => {
-            // The default body: the event as decoded, and the rule that fired.
-            let event =
-                store
-                    .get_event(job.event_id)
-                    .await
-                    .map_err(|e| AttemptResult::Transient {
-                        reason: format!("reading the event failed: {e}"),
-                        retry_after: None,
-                    })?;
-            let event = match &event {
-                Some(stored) => Some(stored.readable().map_err(|skipped| {
-                    permanent(format!(
-                        "the default body needs event {}, which cannot be read back: {}",
-                        skipped.id, skipped.reason
-                    ))
-                })?),
-                None => None,
-            };
-            serde_json::json!({
-                "rule": job.rule,
-                "event_id": job.event_id,
-                "event": event,
-            })
-        }
-    };
-    let ctx = WebhookContext {
-        targets: &settings.targets,
-        allowlist: &settings.allowlist,
-        allow_private: settings.allow_private,
-    };
-    webhook::prepare(
-        &ctx,
-        target.as_deref(),
-        url.as_deref(),
-        &body,
-        &job.idempotency_key,
-        now / 1000,
-    )
-    .map_err(|e| permanent(e.to_string()))
-}
-
-/// Delivers `email` jobs.
-pub struct EmailDeliverer {
-    pub mailer: super::email::Mailer,
-    pub from: lettre::message::Mailbox,
-}
-
-#[async_trait::async_trait]
-impl Deliver for EmailDeliverer {
-    fn kind(&self) -> &'static str {
-        "email"
-    }
-
-    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
-        let permanent = |reason: String| (AttemptResult::Permanent { reason }, None);
-        let Ok(ActionRequest::Email(spec)) = serde_json::from_value(job.spec.clone()) else {
-            return permanent(format!("job {} is not an email action", job.id));
-        };
-        match super::email::build_message(&self.from, &spec, &job.idempotency_key) {
-            Ok(message) => self.mailer.send(message).await,
-            Err(error) => permanent(error.to_string()),
-        }
-    }
-}
-
-/// Records `callback_task` jobs as callback tasks (merged per phone), and runs
-/// `close_callback_tasks` jobs.
-pub struct CallbackDeliverer {
-    pub store: Arc<dyn Store>,
-    /// `callback_task` or `close_callback_tasks`.
-    pub kind: &'static str,
-    /// Set when new tasks are dispatched: woken when one is created.
-    pub dispatch: Option<Arc<Notify>>,
-}
-
-#[async_trait::async_trait]
-impl Deliver for CallbackDeliverer {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
-        self.attempt_all(std::slice::from_ref(job))
-            .await
-            .pop()
-            .unwrap_or((
-                AttemptResult::Transient {
-                    reason: "no result".into(),
-                    retry_after: None,
-                },
-                None,
-            ))
-    }
-
-    fn batched(&self) -> bool {
-        true
-    }
-
-    /// The batch's tasks recorded (or closed) in one transaction.
-    async fn attempt_all(&self, jobs: &[StoredJob]) -> Vec<(AttemptResult, Option<i64>)> {
-        let now = now_millis();
-        // Each job's request, or why it has none (a permanent failure of that job alone).
-        let mut requests = Vec::new();
-        let mut closes = Vec::new();
-        let mut results: Vec<Option<AttemptResult>> = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match serde_json::from_value(job.spec.clone()) {
-                Ok(ActionRequest::CallbackTask {
-                    phone,
-                    name,
-                    reason,
-                    due_in_secs,
-                    priority,
-                }) if self.kind == "callback_task" => {
-                    let due_in =
-                        i64::try_from(due_in_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-                    requests.push(crate::store::CallbackRequest {
-                        phone,
-                        customer_name: name,
-                        reason,
-                        event_id: job.event_id,
-                        rule: job.rule.clone(),
-                        priority,
-                        due_at: job.created_at.saturating_add(due_in),
-                        dispatch: self.dispatch.is_some(),
-                    });
-                    results.push(None);
-                }
-                Ok(ActionRequest::CloseCallbackTasks { phone, note })
-                    if self.kind == "close_callback_tasks" =>
-                {
-                    let outcome = note.unwrap_or_else(|| format!("closed by rule {}", job.rule));
-                    closes.push((phone, outcome));
-                    results.push(None);
-                }
-                _ => results.push(Some(AttemptResult::Permanent {
-                    reason: format!("job {} is not a {} action", job.id, self.kind),
-                })),
-            }
-        }
-        let transient = |error: crate::store::StoreError| AttemptResult::Transient {
-            reason: error.to_string(),
-            retry_after: None,
-        };
-        // Together first; if that fails, each on its own, so that one request the store refuses
-        // does not hold up the others.
-        let together = self.store_all(&requests, &closes, now).await;
-        let mut outcomes: Vec<AttemptResult> = match together {
-            Ok(()) => vec![AttemptResult::Success; requests.len() + closes.len()],
-            Err(error) if requests.len() + closes.len() <= 1 => vec![transient(error)],
-            Err(_) => {
-                let mut each = Vec::new();
-                for request in &requests {
-                    let stored = self
-                        .store_all(std::slice::from_ref(request), &[], now)
-                        .await;
-                    each.push(stored.map_or_else(transient, |()| AttemptResult::Success));
-                }
-                for close in &closes {
-                    let stored = self.store_all(&[], std::slice::from_ref(close), now).await;
-                    each.push(stored.map_or_else(transient, |()| AttemptResult::Success));
-                }
-                each
-            }
-        };
-        outcomes.reverse();
-        results
-            .into_iter()
-            .map(|result| {
-                let result = result
-                    .or_else(|| outcomes.pop())
-                    .unwrap_or(AttemptResult::Success);
-                (result, None)
-            })
-            .collect()
-    }
-}
-
-impl CallbackDeliverer {
-    /// Records the requests (or closes) in one transaction; wakes the dispatcher for new tasks.
-    async fn store_all(
-        &self,
-        requests: &[crate::store::CallbackRequest],
-        closes: &[(String, String)],
-        now: i64,
-    ) -> Result<(), crate::store::StoreError> {
-        if !requests.is_empty() {
-            let tasks = self.store.upsert_callback_tasks(requests, now).await?;
-            if let Some(wake) = &self.dispatch
-                && tasks.iter().any(|t| t.created)
-            {
-                wake.notify_one();
-            }
-        }
-        if !closes.is_empty() {
-            self.store.close_callback_tasks_many(closes, now).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Sends each new callback task where `[callback_dispatch]` says: Udesk's web callback API, or a
-/// webhook target (signed like any webhook, `webhook-id` from the job's key).
-pub struct DispatchDeliverer {
-    pub store: Arc<dyn Store>,
-    pub dispatch: crate::config::CallbackDispatch,
-    pub webhooks: WebhookSettings,
-    pub clients: Clients,
-}
-
-#[async_trait::async_trait]
-impl Deliver for DispatchDeliverer {
-    fn kind(&self) -> &'static str {
-        crate::store::CALLBACK_DISPATCH_KIND
-    }
-
-    async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
-        let Some(task_id) = job.spec["task_id"].as_i64() else {
-            let reason = format!("job {} names no callback task", job.id);
-            return (AttemptResult::Permanent { reason }, None);
-        };
-        let task = match self.store.get_callback_task(task_id).await {
-            Ok(Some(task)) => task,
-            Ok(None) => {
-                let reason = format!("callback task {task_id} does not exist");
-                return (AttemptResult::Permanent { reason }, None);
-            }
-            Err(error) => {
-                let reason = format!("reading callback task {task_id} failed: {error}");
-                let result = AttemptResult::Transient {
-                    reason,
-                    retry_after: None,
-                };
-                return (result, None);
-            }
-        };
-        if matches!(task.status.as_str(), "done" | "cancelled") {
-            let reason = format!(
-                "task {task_id} was {} before it was dispatched",
-                task.status
-            );
-            return (AttemptResult::Skipped { reason }, None);
-        }
-        let now = now_millis();
-        match &self.dispatch {
-            crate::config::CallbackDispatch::Udesk(api) => {
-                let seed = format!("{}:{}", job.idempotency_key, job.attempts + 1);
-                let request = super::udesk::prepare_web_callback(api, &task, &seed, now / 1000);
-                let sent = webhook::send(&self.clients, &request).await;
-                (
-                    super::udesk::classify_answer(sent.result, &sent.body),
-                    sent.code,
-                )
-            }
-            crate::config::CallbackDispatch::Webhook(target) => {
-                let ctx = WebhookContext {
-                    targets: &self.webhooks.targets,
-                    allowlist: &self.webhooks.allowlist,
-                    allow_private: self.webhooks.allow_private,
-                };
-                let body = super::udesk::task_webhook_body(&task);
-                match webhook::prepare(
-                    &ctx,
-                    Some(target),
-                    None,
-                    &body,
-                    &job.idempotency_key,
-                    now / 1000,
-                ) {
-                    Ok(request) => {
-                        let sent = webhook::send(&self.clients, &request).await;
-                        (sent.result, sent.code)
-                    }
-                    Err(error) => (
-                        AttemptResult::Permanent {
-                            reason: error.to_string(),
-                        },
-                        None,
-                    ),
-                }
-            }
-        }
     }
 }

@@ -1,55 +1,9 @@
-//! The actions a rule can ask for (PURE): their fully rendered form (`ActionRequest`, what the
-//! delivery queue executes) and the Rhai constructors `email(…)`, `webhook(…)`,
-//! `callback_task(…)` and `close_callback_tasks(…)`, which check their fields as the rule runs.
+//! The Rhai constructors of the actions a rule can ask for (PURE): `email(…)`, `webhook(…)`,
+//! `callback_task(…)` and `close_callback_tasks(…)`, which check their fields as the rule runs
+//! and make the [`ActionRequest`] the delivery queue executes.
 
-use crate::delivery::email::EmailSpec;
+use crate::action::{ActionRequest, EmailSpec};
 use rhai::{Dynamic, EvalAltResult, Map};
-use serde::{Deserialize, Serialize};
-
-/// One action, fully rendered from the event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ActionRequest {
-    Email(EmailSpec),
-    Webhook {
-        /// A configured target's name (URL, secret and headers live in the config).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        target: Option<String>,
-        /// A direct URL; allowed only if it matches the configured allowlist.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        url: Option<String>,
-        /// The JSON body; by default the event and the rule name.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        body: Option<serde_json::Value>,
-    },
-    CallbackTask {
-        phone: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-        reason: String,
-        /// Seconds from the event until the call-back is due.
-        due_in_secs: u64,
-        /// Higher is more urgent.
-        priority: i64,
-    },
-    CloseCallbackTasks {
-        phone: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        note: Option<String>,
-    },
-}
-
-impl ActionRequest {
-    /// The `kind` tag, as jobs are labelled.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ActionRequest::Email(_) => "email",
-            ActionRequest::Webhook { .. } => "webhook",
-            ActionRequest::CallbackTask { .. } => "callback_task",
-            ActionRequest::CloseCallbackTasks { .. } => "close_callback_tasks",
-        }
-    }
-}
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -127,7 +81,7 @@ fn to_dynamic(action: ActionRequest) -> RhaiResult<Dynamic> {
 }
 
 /// `email(#{ to, cc, reply_to, subject, body, html })`
-pub fn email(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn email(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "email";
     check_fields(
         &map,
@@ -151,10 +105,10 @@ pub fn email(map: Map) -> RhaiResult<Dynamic> {
 /// The deepest a webhook `body` may nest: room for any accepted event (`#{ event: ev }`), and
 /// shallow enough that the evaluation record and job that carry it (a few levels more) read
 /// back, and are written and dropped without deep recursion.
-pub const MAX_BODY_NESTING: usize = crate::event::MAX_NESTING + 10;
+pub(crate) const MAX_BODY_NESTING: usize = crate::event::MAX_NESTING + 10;
 
 /// `webhook(#{ target, url, body })`: `target` (a configured name) or `url`.
-pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn webhook(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "webhook";
     check_fields(&map, A, &["target", "url", "body"])?;
     let target = opt_string(&map, A, "target")?;
@@ -184,12 +138,12 @@ pub fn webhook(map: Map) -> RhaiResult<Dynamic> {
 }
 
 /// `callback_task(#{ phone, name, reason, due_in, priority })`
-pub fn callback_task(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn callback_task(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "callback_task";
     check_fields(&map, A, &["phone", "name", "reason", "due_in", "priority"])?;
     let due_in = match opt_string(&map, A, "due_in")? {
         None => 0,
-        Some(text) => super::stdlib::parse_duration(&text)
+        Some(text) => crate::time::parse_duration(&text)
             .map_err(|e| error(format!("callback_task: `due_in`: {e}")))?
             .as_secs(),
     };
@@ -212,7 +166,7 @@ pub fn callback_task(map: Map) -> RhaiResult<Dynamic> {
 }
 
 /// `close_callback_tasks(#{ phone, note })`
-pub fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
+pub(crate) fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
     const A: &str = "close_callback_tasks";
     check_fields(&map, A, &["phone", "note"])?;
     to_dynamic(ActionRequest::CloseCallbackTasks {
@@ -222,7 +176,7 @@ pub fn close_callback_tasks(map: Map) -> RhaiResult<Dynamic> {
 }
 
 /// Reads back the value a constructor made (or fails, naming what the rule returned instead).
-pub fn from_dynamic(value: &Dynamic) -> Result<ActionRequest, String> {
+pub(crate) fn from_dynamic(value: &Dynamic) -> Result<ActionRequest, String> {
     value.clone().try_cast::<ActionRequest>().ok_or_else(|| {
         format!(
             "`then` must return a list of actions made by email(), webhook(), callback_task() or close_callback_tasks(); got {}",

@@ -24,8 +24,8 @@ pub struct RuleLimits {
 }
 
 impl RuleLimits {
-    pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(20);
-    pub const DEFAULT_MAX_ACTIONS: usize = 20;
+    pub(crate) const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(20);
+    pub(crate) const DEFAULT_MAX_ACTIONS: usize = 20;
 }
 
 impl Default for RuleLimits {

@@ -3,6 +3,7 @@
 //! `CompileError` naming file, line and column.
 
 use super::{actions, stdlib};
+use crate::action::ActionRequest;
 use rhai::{AST, Dynamic, Engine, Map, Position, Scope};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -12,17 +13,17 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Sandbox limits. A rule that exceeds one fails (that rule only) with an error naming it.
-pub mod limits {
+pub(crate) mod limits {
     /// Operations per call of `when`, `then` or `throttle`: `loop {}` stops here (~1 ms).
-    pub const OPERATIONS: u64 = 100_000;
-    pub const CALL_LEVELS: usize = 16;
-    pub const EXPR_DEPTH: usize = 64;
-    pub const FN_EXPR_DEPTH: usize = 32;
-    pub const STRING_SIZE: usize = 64 * 1024;
-    pub const ARRAY_SIZE: usize = 10_000;
-    pub const MAP_SIZE: usize = 1_000;
-    pub const VARIABLES: usize = 256;
-    pub const FUNCTIONS: usize = 64;
+    pub(crate) const OPERATIONS: u64 = 100_000;
+    pub(crate) const CALL_LEVELS: usize = 16;
+    pub(crate) const EXPR_DEPTH: usize = 64;
+    pub(crate) const FN_EXPR_DEPTH: usize = 32;
+    pub(crate) const STRING_SIZE: usize = 64 * 1024;
+    pub(crate) const ARRAY_SIZE: usize = 10_000;
+    pub(crate) const MAP_SIZE: usize = 1_000;
+    pub(crate) const VARIABLES: usize = 256;
+    pub(crate) const FUNCTIONS: usize = 64;
 }
 
 /// Values from the service's configuration that rules read with `setting("name")` (e.g. a
@@ -31,7 +32,7 @@ pub type RuleSettings = BTreeMap<String, String>;
 
 /// Builds the engine every rule runs on: Rhai's standard library minus `eval`, modules and
 /// the clock (features `no_module`, `no_time`), no output, explicit limits, and the helpers.
-pub fn build_engine(vars: Arc<RuleSettings>) -> Engine {
+pub(crate) fn build_engine(vars: Arc<RuleSettings>) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(limits::OPERATIONS)
@@ -49,8 +50,8 @@ pub fn build_engine(vars: Arc<RuleSettings>) -> Engine {
     engine.on_debug(|_, _, _| {});
 
     engine
-        .register_type_with_name::<actions::ActionRequest>("Action")
-        .register_fn("to_string", |a: &mut actions::ActionRequest| {
+        .register_type_with_name::<ActionRequest>("Action")
+        .register_fn("to_string", |a: &mut ActionRequest| {
             serde_json::to_string(a).unwrap_or_default()
         })
         .register_fn("email", actions::email)
@@ -154,7 +155,11 @@ pub struct CompiledRule {
 /// Compiles one rule file. The file's top level may only declare its metadata constants (it is
 /// run once, here, under the same limits); `when(ev)` and `then(ev)` are required, `throttle(ev)`
 /// is optional.
-pub fn compile(engine: &Engine, file: &str, source: &str) -> Result<CompiledRule, CompileError> {
+pub(crate) fn compile(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+) -> Result<CompiledRule, CompileError> {
     let ast = engine.compile(source).map_err(|e| {
         let pos = e.position();
         CompileError::at(file, pos, e.err_type().to_string())
@@ -275,7 +280,7 @@ pub(super) fn throttle_from(value: Dynamic) -> Result<Option<Throttle>, String> 
         .get("window")
         .and_then(|w| w.clone().into_string().ok())
         .ok_or("`throttle` needs a `window` such as \"30m\"")?;
-    let window: Duration = stdlib::parse_duration(&window)?;
+    let window: Duration = crate::time::parse_duration(&window)?;
     Ok(Some(Throttle {
         key,
         window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),

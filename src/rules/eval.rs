@@ -2,10 +2,11 @@
 //! each rule runs in the sandbox, and the result is an `Evaluation` record. A rule that errs or
 //! hits a limit is recorded as such; every other rule still runs.
 
-use super::actions::{self, ActionRequest};
+use super::actions;
 use super::budget::{self, RuleLimits};
 use super::compile::{CompiledRule, Throttle, throttle_from};
 use super::stdlib::{self, CounterHit, CounterSource};
+use crate::action::ActionRequest;
 use crate::event::CallEvent;
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope};
 use serde::{Deserialize, Serialize};
@@ -99,7 +100,7 @@ impl Evaluation {
 
 impl RuleSet {
     /// An empty rule set (no rules directory yet).
-    pub fn empty(engine: Arc<Engine>, limits: RuleLimits) -> Self {
+    pub(crate) fn empty(engine: Arc<Engine>, limits: RuleLimits) -> Self {
         RuleSet {
             version: "empty".into(),
             rules: Vec::new(),
@@ -109,7 +110,7 @@ impl RuleSet {
     }
 
     /// The limits this set's rules run under.
-    pub fn limits(&self) -> RuleLimits {
+    pub(crate) fn limits(&self) -> RuleLimits {
         self.limits
     }
 

@@ -70,7 +70,7 @@ pub struct ReloadOutcome {
 }
 
 impl ReloadOutcome {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.added.is_empty()
             && self.changed.is_empty()
             && self.removed.is_empty()
@@ -113,7 +113,7 @@ impl Rules {
         rules
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -123,11 +123,11 @@ impl Rules {
     }
 
     /// Reads the directory again and applies what changed.
-    pub fn rescan(&self) -> ReloadOutcome {
+    pub(crate) fn rescan(&self) -> ReloadOutcome {
         let texts = read_rule_files(&self.dir);
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = ReloadOutcome::default();
-        let now = crate::store::now_millis();
+        let now = crate::time::now_millis();
         files.retain(|file, _| {
             let keep = texts.contains_key(file);
             if !keep {
@@ -263,14 +263,14 @@ fn set_version(files: &BTreeMap<String, FileState>) -> String {
 }
 
 /// Rule files larger than this are refused rather than read.
-pub const MAX_RULE_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_RULE_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Every `.rhai` file under `dir`, by path relative to it (with `/` separators), with its text
 /// or why it could not be read. Hidden entries (names starting with `.`) are skipped; symlinks
 /// count only when they resolve inside `dir`; an entry refused for that reason (or a loop, or a
 /// `.rhai` entry that is not a regular file) appears with its error, so it is not silently
 /// missing.
-pub fn read_rule_files(dir: &Path) -> BTreeMap<String, Result<String, String>> {
+pub(crate) fn read_rule_files(dir: &Path) -> BTreeMap<String, Result<String, String>> {
     let mut out = BTreeMap::new();
     let Ok(root) = dir.canonicalize() else {
         return out; // no directory (yet): no rules

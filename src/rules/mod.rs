@@ -25,7 +25,7 @@
 //!
 //! - [`compile`] (PURE): the sandboxed engine and compiling one file.
 //! - [`eval`] (PURE): evaluating an event against a rule set.
-//! - [`actions`] (PURE): the actions rules return.
+//! - [`actions`] (PURE): the Rhai constructors of the actions rules return ([`crate::action`]).
 //! - [`budget`] (PURE): the time budget per rule call and the cap on actions per rule.
 //! - [`stdlib`] (PURE): helpers (times, hours, regex, windowed counter).
 //! - [`prefilter`] (PURE): what `when` provably requires, to skip rules that cannot fire.
@@ -34,18 +34,17 @@
 //! - [`tools`]: `check`, `try`, `test`.
 //! - [`whatif`] (PURE): what a candidate rule set would change on stored events.
 
-pub mod actions;
-pub mod budget;
-pub mod compile;
-pub mod eval;
-pub mod load;
-pub mod prefilter;
-pub mod stdlib;
+mod actions;
+mod budget;
+mod compile;
+mod eval;
+mod load;
+mod prefilter;
+mod stdlib;
 pub mod tools;
 pub mod watch;
-pub mod whatif;
+pub(crate) mod whatif;
 
-pub use actions::ActionRequest;
 pub use budget::RuleLimits;
 pub use compile::{CompileError, RuleSettings, Throttle};
 pub use eval::{EvalContext, Evaluation, RuleSet, RuleVerdict};

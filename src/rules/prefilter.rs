@@ -10,14 +10,14 @@ use rhai::{AST, ASTNode, Dynamic, Expr, Stmt};
 
 /// `field` must be a string equal to one of `allowed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requirement {
-    pub field: String,
-    pub allowed: Vec<String>,
+pub(crate) struct Requirement {
+    pub(crate) field: String,
+    pub(crate) allowed: Vec<String>,
 }
 
 impl Requirement {
     /// Whether the event (its Rhai map) meets the requirement.
-    pub fn holds(&self, ev: &rhai::Map) -> bool {
+    pub(crate) fn holds(&self, ev: &rhai::Map) -> bool {
         ev.get(self.field.as_str())
             .and_then(Dynamic::read_lock::<rhai::ImmutableString>)
             .is_some_and(|value| self.allowed.iter().any(|a| a.as_str() == value.as_str()))
@@ -25,7 +25,7 @@ impl Requirement {
 }
 
 /// The requirements of the rule's `when(param)`, all of which must hold for it to fire.
-pub fn requirements(ast: &AST, param: &str) -> Vec<Requirement> {
+pub(crate) fn requirements(ast: &AST, param: &str) -> Vec<Requirement> {
     let mut when = ast.clone_functions_only();
     when.retain_functions(|_, _, name, params| name == "when" && params == 1);
     let mut top: Vec<Option<Expr>> = Vec::new();

@@ -53,7 +53,7 @@ pub fn try_payload(rules: &Rules, body: &[u8]) -> Result<Evaluation, BodyError> 
 
 /// A dry run of one payload against the rules: counters are read from `counters`, and the hits
 /// the evaluation would make are returned, never stored.
-pub fn try_payload_with(
+pub(crate) fn try_payload_with(
     rules: &Rules,
     body: &[u8],
     counters: Arc<dyn super::CounterSource>,
@@ -62,7 +62,7 @@ pub fn try_payload_with(
     let decoded = decode(&parsed);
     let ctx = EvalContext {
         counters,
-        at_ms: crate::store::now_millis(),
+        at_ms: crate::time::now_millis(),
         record_stats: false,
         prefilter: true,
     };
@@ -232,7 +232,7 @@ fn run_case(rules: &Rules, base: &Path, case: &TestCase) -> Result<Vec<String>, 
     let parsed = parse_body(body.to_string().as_bytes(), None).map_err(|e| e.to_string())?;
     let ctx = EvalContext {
         counters: Arc::new(FixedCounters(case.counters.clone())),
-        at_ms: crate::store::now_millis(),
+        at_ms: crate::time::now_millis(),
         record_stats: false,
         prefilter: true,
     };

@@ -10,9 +10,9 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// How long a burst of file events must be quiet before the rescan.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Rescan this often even without events.
-pub const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// Stops the watcher when dropped.
 pub struct WatchHandle {

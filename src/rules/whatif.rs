@@ -75,14 +75,14 @@ pub struct Report {
 
 /// Builds the report as events are fed in.
 #[derive(Debug)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     examples_per_kind: usize,
     report: Report,
     rules: BTreeMap<String, RuleChange>,
 }
 
 impl Comparison {
-    pub fn new(examples_per_kind: usize) -> Self {
+    pub(crate) fn new(examples_per_kind: usize) -> Self {
         Comparison {
             examples_per_kind,
             report: Report::default(),
@@ -91,12 +91,17 @@ impl Comparison {
     }
 
     /// An event with no stored evaluation to compare against.
-    pub fn skip(&mut self) {
+    pub(crate) fn skip(&mut self) {
         self.report.events_skipped += 1;
     }
 
     /// Compares one event: its stored evaluation record and the candidate's evaluation.
-    pub fn add(&mut self, event: EventRef, stored: &serde_json::Value, candidate: &Evaluation) {
+    pub(crate) fn add(
+        &mut self,
+        event: EventRef,
+        stored: &serde_json::Value,
+        candidate: &Evaluation,
+    ) {
         self.report.events_compared += 1;
         let before = stored_effects(stored);
         let mut after = RuleEffects::new();
@@ -167,7 +172,7 @@ impl Comparison {
 
     /// The report; `known_rules` (the rules of both sets) lists unchanged rules that never
     /// matched too.
-    pub fn finish<'a>(mut self, known_rules: impl IntoIterator<Item = &'a str>) -> Report {
+    pub(crate) fn finish<'a>(mut self, known_rules: impl IntoIterator<Item = &'a str>) -> Report {
         for rule in known_rules {
             self.entry(rule);
         }
@@ -232,7 +237,8 @@ fn parse_all(actions: &[String]) -> Vec<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{ActionRequest, RuleVerdict};
+    use crate::action::ActionRequest;
+    use crate::rules::RuleVerdict;
     use serde_json::json;
 
     fn event(id: i64) -> EventRef {

@@ -680,11 +680,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The current time in unix milliseconds.
-pub fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,7 +110,7 @@ fn candidate_rules(root: &Path) -> tempfile::TempDir {
 /// another process sharing it would), so that the dashboard shows the disagreement.
 async fn second_instance(database: &str) {
     let store = switchboard::store::open(database).await.unwrap();
-    let now = switchboard::store::now_millis();
+    let now = switchboard::time::now_millis();
     store
         .heartbeat(&switchboard::store::InstanceInfo {
             id: "sb-other-test".into(),
@@ -232,7 +232,7 @@ async fn dashboard_in_chromium() {
     // History goes straight into the store (the API stamps receive times itself); the service's
     // processor picks it up like any accepted event.
     let store = switchboard::store::open(&server.database).await.unwrap();
-    let history = history(switchboard::store::now_millis());
+    let history = history(switchboard::time::now_millis());
     let history_len = history.len();
     store.insert_events(&history).await.unwrap();
     store.close().await;

@@ -57,7 +57,7 @@ impl Udesk {
     ) -> (axum::http::StatusCode, axum::Json<Value>) {
         let param = |name: &str| query.get(name).cloned().unwrap_or_default();
         let timestamp: i64 = param("timestamp").parse().unwrap_or(0);
-        let fresh = (switchboard::store::now_millis() / 1000 - timestamp).abs() < 300;
+        let fresh = (switchboard::time::now_millis() / 1000 - timestamp).abs() < 300;
         let sign_ok = fresh
             && param("email") == EMAIL
             && param("sign_version") == "v2"

@@ -12,7 +12,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use switchboard::event::{decode, dedupe_key, parse_body};
-use switchboard::store::{NewEvent, now_millis};
+use switchboard::store::NewEvent;
+use switchboard::time::now_millis;
 
 /// Attempts before quarantine in these tests, and the backoff after the first failure.
 const MAX_FAILURES: u32 = 3;
