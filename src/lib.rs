@@ -14,6 +14,7 @@
 //!
 //! - [`event`]: PURE. The typed, leniently decoded notification (`CallEvent`), outcomes, warnings.
 //! - [`config`]: the one `Config`, from defaults, file, environment and flags.
+//! - [`secret`]: secret values that never show in logs, and reading them from files.
 //! - [`store`]: the `Store` trait and its SQLite and PostgreSQL backends.
 //! - [`committer`]: group commit of accepted notifications.
 //! - [`processor`]: claims accepted events from the store, evaluates them, records the result.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod processor;
 pub mod replay;
 pub mod rules;
+pub mod secret;
 pub mod store;
 
 use config::Config;

@@ -5,8 +5,7 @@
 //! own worker, so a dead mail server holds up no webhook.
 
 use super::retry::{AttemptResult, Decision, Schedule, decide};
-use super::webhook::{self, Clients, WebhookContext};
-use crate::config::WebhookTarget;
+use super::webhook::{self, Clients, WebhookContext, WebhookTarget};
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{AttemptLabels, KindLabels, Metrics};
 use crate::rules::ActionRequest;
@@ -636,7 +635,7 @@ impl CallbackDeliverer {
 /// webhook target (signed like any webhook, `webhook-id` from the job's key).
 pub struct DispatchDeliverer {
     pub store: Arc<dyn Store>,
-    pub dispatch: crate::config::CallbackDispatch,
+    pub dispatch: super::udesk::CallbackDispatch,
     pub webhooks: WebhookSettings,
     pub clients: Clients,
 }
@@ -676,7 +675,7 @@ impl Deliver for DispatchDeliverer {
         }
         let now = now_millis();
         match &self.dispatch {
-            crate::config::CallbackDispatch::Udesk(api) => {
+            super::udesk::CallbackDispatch::Udesk(api) => {
                 let seed = format!("{}:{}", job.idempotency_key, job.attempts + 1);
                 let request = super::udesk::prepare_web_callback(api, &task, &seed, now / 1000);
                 let sent = webhook::send(&self.clients, &request).await;
@@ -685,7 +684,7 @@ impl Deliver for DispatchDeliverer {
                     sent.code,
                 )
             }
-            crate::config::CallbackDispatch::Webhook(target) => {
+            super::udesk::CallbackDispatch::Webhook(target) => {
                 let ctx = WebhookContext {
                     targets: &self.webhooks.targets,
                     allowlist: &self.webhooks.allowlist,
