@@ -23,6 +23,7 @@ pub enum JobsAction {
     },
 }
 
+/// Runs `action` on the database at `url`, printing a table of jobs or what was done.
 pub async fn run(url: String, action: JobsAction) -> anyhow::Result<()> {
     let store = switchboard::store::open(&url).await?;
     let now = switchboard::store::now_millis();

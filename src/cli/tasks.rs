@@ -35,6 +35,7 @@ pub enum TasksAction {
     },
 }
 
+/// Runs `action` on the database at `url`, printing a table of tasks or what was done.
 pub async fn run(url: String, action: TasksAction) -> anyhow::Result<()> {
     let store = switchboard::store::open(&url).await?;
     let now = switchboard::store::now_millis();

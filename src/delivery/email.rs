@@ -103,7 +103,7 @@ pub enum SmtpTls {
 }
 
 /// `[smtp]` as written in the configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)] // no Debug: it holds a secret as written
 #[serde(deny_unknown_fields)]
 pub struct SmtpFile {
     host: String,

@@ -51,14 +51,14 @@ pub struct UdeskApi {
 
 /// `[callback_dispatch]` as written in the configuration file: exactly one of
 /// `webhook = "NAME"` or `[callback_dispatch.udesk]`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)] // no Debug: it holds a secret as written
 #[serde(deny_unknown_fields)]
 pub struct CallbackDispatchFile {
     webhook: Option<String>,
     udesk: Option<UdeskApiFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)] // no Debug: it holds a secret as written
 #[serde(deny_unknown_fields)]
 struct UdeskApiFile {
     base_url: String,
@@ -213,7 +213,6 @@ pub fn task_webhook_body(task: &CallbackTask) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn api() -> UdeskApi {
         UdeskApi {

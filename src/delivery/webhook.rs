@@ -62,7 +62,7 @@ pub struct WebhookTarget {
 }
 
 /// `[webhooks.NAME]` as written in the configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)] // no Debug: it holds a secret as written
 #[serde(deny_unknown_fields)]
 pub struct WebhookTargetFile {
     url: String,
@@ -108,9 +108,7 @@ impl WebhookTargetFile {
             url: Secret::new(self.url),
             method: self
                 .method
-                .as_deref()
-                .unwrap_or("POST")
-                .to_ascii_uppercase(),
+                .map_or_else(|| "POST".into(), |m| m.to_ascii_uppercase()),
             headers: self.headers,
             timeout: Duration::from_secs(self.timeout_secs.unwrap_or(10)),
             secret,
