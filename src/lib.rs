@@ -16,6 +16,7 @@
 //! - [`action`]: PURE. The actions a rule asks for, as delivery executes them.
 //! - [`time`]: PURE. Unix milliseconds, and parsing durations and times.
 //! - [`config`]: the one `Config`, from defaults, file, environment and flags.
+//! - [`secret`]: secret values that never show in logs, and reading them from files.
 //! - [`store`]: the `Store` trait and its SQLite and PostgreSQL backends.
 //! - [`committer`]: group commit of accepted notifications.
 //! - [`processor`]: claims accepted events from the store, evaluates them, records the result.
@@ -48,6 +49,7 @@ mod metrics;
 mod processor;
 pub mod replay;
 pub mod rules;
+pub mod secret;
 pub mod store;
 pub mod time;
 mod wakeup;

@@ -23,11 +23,20 @@ const RULES: &[(&str, Rule)] = &[
     ("rules", Only(&["action", "event", "time"])),
     // The store knows the domain types only.
     ("store", Only(&["action", "event", "time"])),
-    // Delivery runs jobs; it never evaluates rules. (It still imports `config` for the senders'
-    // settings, which are moving next to the senders: that edge is not checked yet.)
+    // Secrets are read by config, the API and the senders alike.
+    ("secret", Only(&[])),
+    // Delivery runs jobs; it never evaluates rules. Each sender owns its settings, which `config`
+    // composes: delivery never reads `config`.
     (
         "delivery",
-        Not(&["committer", "evaluation", "processor", "replay", "rules"]),
+        Not(&[
+            "committer",
+            "config",
+            "evaluation",
+            "processor",
+            "replay",
+            "rules",
+        ]),
     ),
     // The processor queues jobs; how they are delivered is not its business.
     ("processor", Not(&["delivery", "replay"])),

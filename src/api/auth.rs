@@ -1,6 +1,6 @@
 //! Token checks for the intake and admin APIs: constant-time, several valid tokens at once.
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use axum::http::{HeaderMap, Uri, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

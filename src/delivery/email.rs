@@ -1,14 +1,17 @@
 //! Email actions: building the MIME message is PURE (`build_message`); sending it over SMTP or
-//! into an `.eml` file is the I/O edge.
+//! into an `.eml` file is the I/O edge. The `[smtp]` settings are here too.
 
 use super::retry::AttemptResult;
 use crate::action::EmailSpec;
-use crate::config::{SmtpConfig, SmtpTls};
+use crate::secret::{self, ReadError, Secret};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why a message cannot be built. Permanent: retrying the same spec cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +59,64 @@ pub fn build_message(from: &Mailbox, spec: &EmailSpec, key: &str) -> Result<Mess
         None => builder.singlepart(text),
     };
     result.map_err(|e| EmailError::Build(e.to_string()))
+}
+
+/// The SMTP server emails go through (`[smtp]`).
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (a local relay).
+    None,
+    /// STARTTLS after connecting (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `[smtp]` as written in the configuration file.
+#[derive(Deserialize)] // no Debug: it holds a secret as written
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    host: String,
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    timeout_secs: Option<u64>,
+}
+
+impl SmtpFile {
+    /// The server's settings: STARTTLS unless said otherwise, the port following from the TLS
+    /// mode, the password read from its file if it is given as one.
+    pub fn build(self) -> Result<SmtpConfig, ReadError> {
+        let tls = self.tls.unwrap_or(SmtpTls::Starttls);
+        let password = secret::inline_or_file(self.password, self.password_file.as_deref())?;
+        Ok(SmtpConfig {
+            host: self.host,
+            port: self.port.unwrap_or(match tls {
+                SmtpTls::None => 25,
+                SmtpTls::Starttls => 587,
+                SmtpTls::Implicit => 465,
+            }),
+            tls,
+            username: self.username,
+            password: password.map(Secret::new),
+            timeout: Duration::from_secs(self.timeout_secs.unwrap_or(30)),
+        })
+    }
 }
 
 /// Where messages go: an SMTP server (pooled connections), or `.eml` files in a folder.

@@ -1,6 +1,7 @@
-//! Dispatch of new callback tasks: `prepare_web_callback` (PURE) builds the signed request to
-//! Udesk's web callback API (Udesk rings the customer, then an agent), `classify_answer` (PURE)
-//! reads Udesk's `{"code": 1000}` answer; the task-as-webhook body for a webhook target.
+//! Dispatch of new callback tasks: where they go (`[callback_dispatch]`), `prepare_web_callback`
+//! (PURE) builds the signed request to Udesk's web callback API (Udesk rings the customer, then
+//! an agent), `classify_answer` (PURE) reads Udesk's `{"code": 1000}` answer; the task-as-webhook
+//! body for a webhook target.
 //!
 //! The request is authenticated by query parameters (`email`, `timestamp`, `nonce`,
 //! `sign_version=v2`, `sign = sha256("email&token&timestamp&nonce&v2")`): the URL carries a
@@ -8,16 +9,128 @@
 
 use super::retry::AttemptResult;
 use super::signing::udesk_sign;
-use super::webhook::PreparedRequest;
-use crate::config::UdeskApi;
+use super::webhook::{PreparedRequest, WebhookTarget};
+use crate::secret::{self, ReadError, Secret};
 use crate::store::CallbackTask;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// The path of the web callback API under the account's base URL.
 pub const WEB_CALLBACK_PATH: &str = "/open_api_v1/callcenter/web_callback";
 
 /// Udesk's success code in an answer body.
 pub const UDESK_OK: i64 = 1000;
+
+/// Where a new callback task is sent (through the job queue), besides being stored.
+#[derive(Debug, Clone)]
+pub enum CallbackDispatch {
+    /// Udesk's web callback API: Udesk rings the customer, then an agent.
+    Udesk(UdeskApi),
+    /// A configured webhook target (`[webhooks.NAME]`), with the task as the body.
+    Webhook(String),
+}
+
+/// Udesk open API access for the web callback (`POST /open_api_v1/callcenter/web_callback`).
+#[derive(Debug, Clone)]
+pub struct UdeskApi {
+    /// e.g. `https://demo.udesk.cn`
+    pub base_url: String,
+    /// The admin account's email, sent as `email`.
+    pub email: String,
+    /// The open API token (signs each request; never sent or logged).
+    pub token: Secret,
+    /// The relay number customers are called from (`to_number`).
+    pub relay_number: String,
+    pub timeout: Duration,
+    /// May resolve to loopback, private or link-local addresses (SSRF guard off).
+    pub allow_private: bool,
+}
+
+/// `[callback_dispatch]` as written in the configuration file: exactly one of
+/// `webhook = "NAME"` or `[callback_dispatch.udesk]`.
+#[derive(Deserialize)] // no Debug: it holds a secret as written
+#[serde(deny_unknown_fields)]
+pub struct CallbackDispatchFile {
+    webhook: Option<String>,
+    udesk: Option<UdeskApiFile>,
+}
+
+#[derive(Deserialize)] // no Debug: it holds a secret as written
+#[serde(deny_unknown_fields)]
+struct UdeskApiFile {
+    base_url: String,
+    email: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    relay_number: String,
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_private: bool,
+}
+
+/// Why `[callback_dispatch]` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no webhook target named `{0}` ([webhooks.{0}])")]
+    UnknownTarget(String),
+    #[error("give `token` or `token_file`")]
+    NoToken,
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("`{0}` is not an http(s) URL")]
+    BaseUrl(String),
+    #[error("give exactly one of `webhook = \"NAME\"` or `[callback_dispatch.udesk]`")]
+    NotExactlyOne,
+}
+
+impl DispatchError {
+    /// The setting at fault.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            DispatchError::UnknownTarget(_) => "callback_dispatch.webhook",
+            DispatchError::NoToken => "callback_dispatch.udesk.token",
+            DispatchError::Read(_) => "callback_dispatch.udesk.token_file",
+            DispatchError::BaseUrl(_) => "callback_dispatch.udesk.base_url",
+            DispatchError::NotExactlyOne => "callback_dispatch",
+        }
+    }
+}
+
+impl CallbackDispatchFile {
+    /// The destination, checked: a webhook must be one of `targets`; Udesk's token is read from
+    /// its file if it is given as one.
+    pub fn build(
+        self,
+        targets: &BTreeMap<String, WebhookTarget>,
+    ) -> Result<CallbackDispatch, DispatchError> {
+        match (self.webhook, self.udesk) {
+            (Some(target), None) if targets.contains_key(&target) => {
+                Ok(CallbackDispatch::Webhook(target))
+            }
+            (Some(target), None) => Err(DispatchError::UnknownTarget(target)),
+            (None, Some(udesk)) => {
+                let token = secret::inline_or_file(udesk.token, udesk.token_file.as_deref())?
+                    .ok_or(DispatchError::NoToken)?;
+                let base_url = udesk.base_url.trim_end_matches('/').to_string();
+                if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+                    return Err(DispatchError::BaseUrl(base_url));
+                }
+                Ok(CallbackDispatch::Udesk(UdeskApi {
+                    base_url,
+                    email: udesk.email,
+                    token: Secret::new(token.trim()),
+                    relay_number: udesk.relay_number,
+                    timeout: Duration::from_secs(udesk.timeout_secs.unwrap_or(10)),
+                    allow_private: udesk.allow_private,
+                }))
+            }
+            _ => Err(DispatchError::NotExactlyOne),
+        }
+    }
+}
 
 /// The web callback request for `task`: `from_number` is the customer, `to_number` the relay
 /// number, and `variables` (strings and numbers only, as Udesk requires) say which task and why.
@@ -100,8 +213,6 @@ pub fn task_webhook_body(task: &CallbackTask) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
-    use std::time::Duration;
 
     fn api() -> UdeskApi {
         UdeskApi {

@@ -3,11 +3,13 @@
 //! signature); `send` (I/O) moves the bytes and classifies the answer. Unless the target may
 //! reach private addresses, every address a request connects to is checked (SSRF guard: see
 //! [`super::address`]); redirects are never followed: a 3xx answer is a failed attempt naming
-//! its (redacted) `Location`.
+//! its (redacted) `Location`. The targets' settings (`[webhooks.NAME]`) are here too.
 
 use super::address::{self, AllowedUrl, Refusal, redact};
 use super::retry::{AttemptResult, classify_http, parse_retry_after};
-use crate::config::WebhookTarget;
+use super::signing::{SecretError, WebhookKey};
+use crate::secret::Secret;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,6 +43,78 @@ pub enum PrepareError {
     /// The target's name (its URL is a secret).
     #[error("webhook target `{0}` has an invalid URL")]
     BadTargetUrl(String),
+}
+
+/// A webhook target: where a rule's `webhook(#{ target: "NAME" })` goes (`[webhooks.NAME]`).
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub url: Secret,
+    /// HTTP method (default POST).
+    pub method: String,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Per-attempt timeout (default 10 s).
+    pub timeout: Duration,
+    /// Standard Webhooks signing secret (`whsec_…`); requests are signed when set.
+    pub secret: Option<WebhookKey>,
+    /// May resolve to loopback, private or link-local addresses (SSRF guard off for it).
+    pub allow_private: bool,
+}
+
+/// `[webhooks.NAME]` as written in the configuration file.
+#[derive(Deserialize)] // no Debug: it holds a secret as written
+#[serde(deny_unknown_fields)]
+pub struct WebhookTargetFile {
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    timeout_secs: Option<u64>,
+    secret: Option<String>,
+    #[serde(default)]
+    allow_private: bool,
+}
+
+/// Why a webhook target's settings are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The URL itself is not shown: it may carry a credential.
+    #[error("not an http or https URL")]
+    Url,
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl TargetError {
+    /// The setting at fault.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            TargetError::Url => "webhooks.*.url",
+            TargetError::Secret(_) => "webhooks.*.secret",
+        }
+    }
+}
+
+impl WebhookTargetFile {
+    /// The target, its signing secret decoded and its URL checked.
+    pub fn build(self) -> Result<WebhookTarget, TargetError> {
+        let secret = self.secret.as_deref().map(WebhookKey::parse).transpose()?;
+        if !Url::parse(&self.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        {
+            return Err(TargetError::Url);
+        }
+        Ok(WebhookTarget {
+            url: Secret::new(self.url),
+            method: self
+                .method
+                .map_or_else(|| "POST".into(), |m| m.to_ascii_uppercase()),
+            headers: self.headers,
+            timeout: Duration::from_secs(self.timeout_secs.unwrap_or(10)),
+            secret,
+            allow_private: self.allow_private,
+        })
+    }
 }
 
 /// What the delivery side knows besides the job itself.
@@ -313,8 +387,6 @@ impl reqwest::dns::Resolve for PublicOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
-    use crate::delivery::signing::WebhookKey;
 
     fn target(url: &str) -> WebhookTarget {
         WebhookTarget {

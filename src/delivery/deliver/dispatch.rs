@@ -1,9 +1,9 @@
 //! Dispatches new callback tasks (`callback_dispatch` jobs) where `[callback_dispatch]` says.
 
 use super::WebhookSettings;
-use crate::config::CallbackDispatch;
 use crate::delivery::retry::AttemptResult;
 use crate::delivery::udesk;
+use crate::delivery::udesk::CallbackDispatch;
 use crate::delivery::webhook::{self, Clients};
 use crate::delivery::worker::Deliver;
 use crate::store::{CALLBACK_DISPATCH_KIND, Store, StoredJob};

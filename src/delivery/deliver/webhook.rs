@@ -2,9 +2,9 @@
 //! and the rule that fired) and sent.
 
 use crate::action::ActionRequest;
-use crate::config::WebhookTarget;
 use crate::delivery::address::AllowedUrl;
 use crate::delivery::retry::AttemptResult;
+use crate::delivery::webhook::WebhookTarget;
 use crate::delivery::webhook::{self, Clients, WebhookContext};
 use crate::delivery::worker::Deliver;
 use crate::store::{Store, StoredJob};
