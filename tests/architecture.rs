@@ -1,10 +1,13 @@
 //! The dependency rules of `docs/architecture.md`, checked: every `src/**/*.rs` file is read, and
 //! each path into a top-level module of the crate (`use crate::x::…`, `use crate::{x, y::z}`,
 //! `crate::x::f()` in code) is held against the table below. A failure names the file, the line
-//! and the rule broken. Comments are skipped; `super::` paths stay inside their module and are
+//! and the rule broken. Files are parsed with `syn` (macro bodies are searched as tokens), so comments and strings never count; `super::` paths stay inside their module and are
 //! not checked; `lib.rs` and `main.rs`, which wire everything together, may use anything.
 
+use proc_macro2::TokenTree;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use syn::visit::Visit;
 
 /// What a top-level module may import of the others.
 enum Rule {
@@ -81,127 +84,84 @@ fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
     }
 }
 
-/// `source` with comments and the contents of string and character literals blanked out (lines
-/// kept), so that only code is left to search.
-fn code_only(source: &str) -> String {
-    let chars: Vec<char> = source.chars().collect();
-    let mut code = String::with_capacity(source.len());
-    let blank = |code: &mut String, c: char| code.push(if c == '\n' { '\n' } else { ' ' });
-    let mut i = 0;
-    while i < chars.len() {
-        let rest = &chars[i..];
-        let after_ident = i > 0 && is_ident(chars[i - 1]);
-        // The length of what starts here, if it is a comment or a literal.
-        let skip = match rest {
-            ['/', '/', ..] => rest.iter().position(|&c| c == '\n').unwrap_or(rest.len()),
-            ['/', '*', ..] => {
-                let mut depth = 0;
-                let mut j = 0;
-                while j < rest.len() {
-                    match rest[j..] {
-                        ['/', '*', ..] => (depth, j) = (depth + 1, j + 2),
-                        ['*', '/', ..] => (depth, j) = (depth - 1, j + 2),
-                        _ => j += 1,
-                    }
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                j
-            }
-            ['"', ..] => {
-                let mut j = 1;
-                while j < rest.len() && rest[j] != '"' {
-                    j += if rest[j] == '\\' { 2 } else { 1 };
-                }
-                j + 1
-            }
-            ['r', '#' | '"', ..] | ['b', 'r', '#' | '"', ..] if !after_ident => {
-                // A raw string (r"…", r#"…"#, br"…"), or a raw identifier (r#type).
-                let prefix = if rest[0] == 'b' { 2 } else { 1 };
-                let hashes = rest[prefix..].iter().take_while(|&&c| c == '#').count();
-                let body = prefix + hashes + 1;
-                let close: Vec<char> = std::iter::once('"')
-                    .chain(std::iter::repeat_n('#', hashes))
-                    .collect();
-                match rest.get(body - 1) {
-                    Some('"') => rest[body..]
-                        .windows(close.len())
-                        .position(|w| w == close.as_slice())
-                        .map_or(rest.len(), |end| body + end + close.len()),
-                    _ => 0,
-                }
-            }
-            ['\'', '\\', ..] => rest[2..]
-                .iter()
-                .position(|&c| c == '\'')
-                .map_or(0, |end| end + 3),
-            ['\'', _, '\'', ..] => 3,
-            _ => 0,
-        };
-        let skip = skip.min(rest.len());
-        if skip == 0 {
-            code.push(rest[0]);
-            i += 1;
-        } else {
-            rest[..skip].iter().for_each(|&c| blank(&mut code, c));
-            i += skip;
+/// Collects the top-level modules named through `crate::`, with the line each is named on.
+#[derive(Default)]
+struct CratePaths(Vec<(usize, String)>);
+
+impl CratePaths {
+    /// `crate::x…` in a `use` tree: `x`, or each first name of a group `crate::{x, y::z}`.
+    fn use_tree(&mut self, tree: &syn::UseTree) {
+        match tree {
+            syn::UseTree::Path(path) => self.push(&path.ident),
+            syn::UseTree::Name(name) => self.push(&name.ident),
+            syn::UseTree::Rename(rename) => self.push(&rename.ident),
+            syn::UseTree::Group(group) => group.items.iter().for_each(|item| self.use_tree(item)),
+            syn::UseTree::Glob(_) => {}
         }
     }
-    code
+
+    /// `crate :: x` anywhere in a macro's tokens (syn does not parse macro bodies).
+    fn tokens(&mut self, tokens: proc_macro2::TokenStream) {
+        let tokens: Vec<_> = tokens.into_iter().collect();
+        for (i, token) in tokens.iter().enumerate() {
+            match (
+                token,
+                tokens.get(i + 1),
+                tokens.get(i + 2),
+                tokens.get(i + 3),
+            ) {
+                (
+                    TokenTree::Ident(krate),
+                    Some(TokenTree::Punct(a)),
+                    Some(TokenTree::Punct(b)),
+                    Some(TokenTree::Ident(module)),
+                ) if krate == "crate" && a.as_char() == ':' && b.as_char() == ':' => {
+                    self.push(module)
+                }
+                (TokenTree::Group(group), ..) => self.tokens(group.stream()),
+                _ => {}
+            }
+        }
+    }
+
+    fn push(&mut self, ident: &proc_macro2::Ident) {
+        self.0.push((ident.span().start().line, ident.to_string()));
+    }
 }
 
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
+impl<'ast> Visit<'ast> for CratePaths {
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        if let syn::UseTree::Path(path) = &item.tree
+            && path.ident == "crate"
+        {
+            self.use_tree(&path.tree);
+        }
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        let mut segments = path.segments.iter();
+        if let (Some(first), Some(second)) = (segments.next(), segments.next())
+            && first.ident == "crate"
+        {
+            self.push(&second.ident);
+        }
+        syn::visit::visit_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        self.tokens(mac.tokens.clone());
+        syn::visit::visit_macro(self, mac);
+    }
 }
 
 /// The top-level modules `source` names through `crate::`, each with the (1-based) line it is
 /// named on: `crate::x::…` names `x`; `crate::{x, y::{…}}` names `x` and `y`.
 fn crate_paths(source: &str) -> Vec<(usize, String)> {
-    let code = code_only(source);
-    let line_at = |offset: usize| code[..offset].matches('\n').count() + 1;
-    let ident_at = |offset: usize| -> String {
-        code[offset..]
-            .chars()
-            .take_while(|&c| is_ident(c))
-            .collect()
-    };
-    let mut found = Vec::new();
-    for (start, _) in code.match_indices("crate::") {
-        if code[..start].ends_with(|c: char| is_ident(c) || c == ':') {
-            continue; // `foo_crate::`, `other::crate::`
-        }
-        let after = start + "crate::".len();
-        if !code[after..].starts_with('{') {
-            found.push((line_at(after), ident_at(after)));
-            continue;
-        }
-        // A group: the first name of each of its top-level items.
-        let mut depth = 0;
-        let mut item_start = true;
-        for (i, c) in code[after..].char_indices() {
-            let at = after + i;
-            match c {
-                '{' => {
-                    depth += 1;
-                    item_start = depth == 1;
-                }
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                ',' if depth == 1 => item_start = true,
-                c if item_start && depth == 1 && is_ident(c) => {
-                    found.push((line_at(at), ident_at(at)));
-                    item_start = false;
-                }
-                _ => {}
-            }
-        }
-    }
-    found
+    let file = syn::parse_file(source).expect("the source parses");
+    let mut paths = CratePaths::default();
+    paths.visit_file(&file);
+    paths.0.sort();
+    paths.0
 }
 
 #[test]
@@ -212,17 +172,21 @@ use crate::{
     time::{self, Millis}, // crate::api
 };
 // use crate::config;
-let x = crate::delivery::run("// crate::api", '"', '\'');
-/* crate::api /* nested */ crate::api */ let y = r#"crate::api "quoted""#;
-let z = "crate::api
+fn f() {
+    let x = crate::delivery::run("// crate::api", '"', '\'');
+    /* crate::api /* nested */ crate::api */ let y = r#"crate::api "quoted""#;
+    let z = "crate::api
 crate::api"; crate::rules::f::<'static>();
+    tracing::warn!(value = ?crate::health::op(), "crate::api");
+}
 "##;
     let expected = [
         (1, "store"),
         (3, "action"),
         (4, "time"),
-        (7, "delivery"),
-        (10, "rules"),
+        (8, "delivery"),
+        (11, "rules"),
+        (12, "health"),
     ]
     .map(|(line, module)| (line, module.to_string()));
     assert_eq!(crate_paths(source), expected);
@@ -236,6 +200,7 @@ fn modules_import_only_what_the_dependency_rules_allow() {
     files.sort();
     let mut broken = Vec::new();
     let mut paths = 0;
+    let mut imports: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let relative = file.strip_prefix(&src).expect("under src");
         let Some(first) = relative.iter().next().and_then(|c| c.to_str()) else {
@@ -248,6 +213,9 @@ fn modules_import_only_what_the_dependency_rules_allow() {
         let source = std::fs::read_to_string(file).expect("source is readable");
         for (line, to) in crate_paths(&source) {
             paths += 1;
+            if to != from {
+                imports.entry(from).or_default().insert(to.clone());
+            }
             if let Some(rule) = broken_rule(from, &to) {
                 broken.push(format!(
                     "src/{}:{line}: imports `crate::{to}`: {rule}",
@@ -255,6 +223,11 @@ fn modules_import_only_what_the_dependency_rules_allow() {
                 ));
             }
         }
+    }
+    // Shown with `cargo test --test architecture -- --nocapture`.
+    for (from, to) in &imports {
+        let to: Vec<_> = to.iter().map(String::as_str).collect();
+        println!("{from} -> {}", to.join(", "));
     }
     // Guards against a scan that silently finds nothing.
     assert!(
