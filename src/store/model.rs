@@ -11,6 +11,8 @@ pub type EventId = i64;
 /// Unix time in milliseconds.
 pub type Millis = i64;
 
+// Events and their processing.
+
 /// A notification accepted by the intake, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -31,6 +33,24 @@ pub struct Inserted {
     pub id: EventId,
     /// True when an event with the same dedupe key was already stored; `id` is that event's.
     pub duplicate: bool,
+}
+
+/// Filters for listing events, newest first. All given filters must hold.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub call_id: Option<String>,
+    pub customer_phone: Option<String>,
+    /// Received at or after.
+    pub since: Option<Millis>,
+    /// Received before.
+    pub until: Option<Millis>,
+    /// Only ids below this one (the cursor for the next page).
+    pub before_id: Option<EventId>,
+    /// The decoded outcome (`answered`, `abandoned_in_queue`, …).
+    pub outcome: Option<String>,
+    /// Events this rule matched.
+    pub matched_rule: Option<String>,
+    pub limit: u32,
 }
 
 /// Where an event stands in processing.
@@ -100,6 +120,62 @@ impl StoredEvent {
     }
 }
 
+/// An event left out of a listing, replay or what-if because its stored row could not be read
+/// back (processing quarantines it; its trace shows the raw push).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub id: EventId,
+    pub reason: String,
+}
+
+/// A processor's claim on events: who holds it and until when.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub owner: String,
+    pub now: Millis,
+    pub until: Millis,
+}
+
+/// One failed processing attempt of a claimed event, and what happens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFailure {
+    pub event_id: EventId,
+    /// Failed attempts so far, this one included.
+    pub failures: i64,
+    /// Why it failed (no secrets: never the stored values themselves).
+    pub reason: String,
+    pub next: EventNext,
+}
+
+/// What happens to an event after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventNext {
+    /// Claimable again from this time on.
+    RetryAt(Millis),
+    /// Left out of processing until an operator retries it.
+    Quarantine,
+}
+
+/// A quarantined event, as the overview lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct QuarantinedEvent {
+    pub event_id: EventId,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub quarantined_at: Millis,
+}
+
+/// What a wake-up from the store says appeared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Events queued for processing.
+    Events,
+    /// Jobs queued (or retried by an operator).
+    Jobs,
+}
+
+// What processing an event produces.
+
 /// The outcome of processing one claimed event, recorded in the transaction that finishes it.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -151,6 +227,8 @@ pub struct StoredEvaluation {
     pub ruleset_version: Option<String>,
     pub record: Option<serde_json::Value>,
 }
+
+// Jobs and their attempts.
 
 /// A job as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -223,6 +301,8 @@ pub struct StoredAttempt {
     pub record: AttemptRecord,
 }
 
+// Callback tasks.
+
 /// A matching rule's request for a call-back.
 #[derive(Debug, Clone)]
 pub struct CallbackRequest {
@@ -280,23 +360,7 @@ pub struct TaskQuery {
     pub limit: u32,
 }
 
-/// Filters for listing events, newest first. All given filters must hold.
-#[derive(Debug, Clone, Default)]
-pub struct EventQuery {
-    pub call_id: Option<String>,
-    pub customer_phone: Option<String>,
-    /// Received at or after.
-    pub since: Option<Millis>,
-    /// Received before.
-    pub until: Option<Millis>,
-    /// Only ids below this one (the cursor for the next page).
-    pub before_id: Option<EventId>,
-    /// The decoded outcome (`answered`, `abandoned_in_queue`, …).
-    pub outcome: Option<String>,
-    /// Events this rule matched.
-    pub matched_rule: Option<String>,
-    pub limit: u32,
-}
+// The console.
 
 /// Counts for the console's overview: events received since a time, and what became of them.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -347,58 +411,4 @@ pub struct InstanceInfo {
     pub listen: String,
     /// The Switchboard version it runs.
     pub version: String,
-}
-
-/// What a wake-up from the store says appeared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wakeup {
-    /// Events queued for processing.
-    Events,
-    /// Jobs queued (or retried by an operator).
-    Jobs,
-}
-
-/// A processor's claim on events: who holds it and until when.
-#[derive(Debug, Clone)]
-pub struct Lease {
-    pub owner: String,
-    pub now: Millis,
-    pub until: Millis,
-}
-
-/// One failed processing attempt of a claimed event, and what happens next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventFailure {
-    pub event_id: EventId,
-    /// Failed attempts so far, this one included.
-    pub failures: i64,
-    /// Why it failed (no secrets: never the stored values themselves).
-    pub reason: String,
-    pub next: EventNext,
-}
-
-/// What happens to an event after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventNext {
-    /// Claimable again from this time on.
-    RetryAt(Millis),
-    /// Left out of processing until an operator retries it.
-    Quarantine,
-}
-
-/// A quarantined event, as the overview lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct QuarantinedEvent {
-    pub event_id: EventId,
-    pub failures: i64,
-    pub last_error: Option<String>,
-    pub quarantined_at: Millis,
-}
-
-/// An event left out of a listing, replay or what-if because its stored row could not be read
-/// back (processing quarantines it; its trace shows the raw push).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Unreadable {
-    pub id: EventId,
-    pub reason: String,
 }

@@ -83,7 +83,6 @@ where
     i64: Storable<DB>,
     Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     /// `Store::upsert_callback_tasks`, all in one transaction: for each request, merge into the

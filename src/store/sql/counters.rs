@@ -37,12 +37,9 @@ const COUNT_HITS_AS_OF: &str = "SELECT COUNT(*) FROM counter_hits \
 impl<DB: Backend> Sql<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     i64: Storable<DB>,
-    Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     /// The stored hits of `key` at or after `since` ([`COUNT_HITS`]).

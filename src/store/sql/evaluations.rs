@@ -57,7 +57,6 @@ where
     i64: Storable<DB>,
     Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     /// The body of `Store::finish_events`, in `tx` (the caller begins and commits it, after

@@ -186,10 +186,8 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
     for<'q> Option<&'q str>: Encode<'q, DB>,
     i64: Storable<DB>,
-    Option<i64>: Storable<DB>,
     String: Storable<DB>,
     Vec<u8>: Storable<DB>,
-    usize: ColumnIndex<DB::Row>,
 {
     /// The multi-row insert of new events; returns `(id, dedupe_key)` of the rows it inserted (a
     /// dedupe key already stored, or repeated in the batch, inserts nothing).

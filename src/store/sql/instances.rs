@@ -2,7 +2,7 @@
 
 use super::{Backend, Sql, Storable};
 use crate::store::{InstanceInfo, Millis, StoreError};
-use sqlx::{ColumnIndex, Encode, Executor, Pool, Type};
+use sqlx::{ColumnIndex, Executor, Pool};
 
 /// Binds: id, started_at, seen_at, ruleset_version, rules_dir, listen, version.
 const HEARTBEAT: &str = "INSERT INTO instances (id, started_at, seen_at, \
@@ -17,13 +17,9 @@ const LIST_INSTANCES: &str = "SELECT id, started_at, seen_at, ruleset_version, \
 impl<DB: Backend> Sql<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
     i64: Storable<DB>,
-    Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
-    usize: ColumnIndex<DB::Row>,
 {
     pub(crate) async fn heartbeat(
         writer: &Pool<DB>,

@@ -115,7 +115,6 @@ where
     i64: Storable<DB>,
     Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     /// Jobs of finished events, each once by its idempotency key; `None` when there are none.

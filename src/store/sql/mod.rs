@@ -1,21 +1,22 @@
 //! The SQL both backends run alike, one module per topic, each holding its statements next to
 //! the Rust that runs them. It is written once, for any sqlx database, as functions of [`Sql`];
-//! what differs between SQLite and PostgreSQL (claims, `IN (…)` or `= ANY($1)`, LISTEN/NOTIFY,
-//! numbering counter hits) stays in the backends, apart from the little [`Backend`] says.
+//! what differs between SQLite and PostgreSQL (inserting events, claims, numbering counter
+//! hits, LISTEN/NOTIFY) stays in the backends, and [`Backend`] holds the little that the shared
+//! code must ask of each.
 //!
 //! The statements use `$N` placeholders, which SQLite reads too; those built with
 //! `QueryBuilder` get each backend's own.
 
-pub(crate) mod callbacks;
+mod callbacks;
 pub(crate) mod counters;
-pub(crate) mod evaluations;
+mod evaluations;
 pub(crate) mod events;
-pub(crate) mod instances;
-pub(crate) mod jobs;
-pub(crate) mod mutes;
-pub(crate) mod overview;
-pub(crate) mod prune;
-pub(crate) mod quarantine;
+mod instances;
+mod jobs;
+mod mutes;
+mod overview;
+mod prune;
+mod quarantine;
 
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
 use sqlx::query::{Query, QueryAs};
@@ -27,8 +28,8 @@ use std::marker::PhantomData;
 
 /// The shared SQL, as functions over the sqlx database `DB`, which the pool or transaction
 /// passed in decides: `Sql::get_job(&pool, id)`. Each topic module adds its functions in an
-/// `impl<DB: Backend> Sql<DB>` block whose `where` clause spells out what they bind, read and
-/// run on (the same clause in every module: Rust does not let [`Backend`] carry such bounds).
+/// `impl<DB: Backend> Sql<DB>` block whose `where` clause says what they run on, bind and read
+/// back (Rust does not let a trait such as [`Backend`] carry bounds on other types for them).
 pub(crate) struct Sql<DB>(PhantomData<DB>);
 
 /// A sqlx database the shared SQL runs on: SQLite or PostgreSQL.

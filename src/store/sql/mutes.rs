@@ -40,11 +40,8 @@ impl<DB: Backend> Sql<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
     i64: Storable<DB>,
-    Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     pub(crate) async fn add_mute(

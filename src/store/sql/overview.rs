@@ -4,17 +4,13 @@
 use super::quarantine::COUNT_QUARANTINED;
 use super::{Backend, Sql, Storable};
 use crate::store::{Millis, Overview, StoreError};
-use sqlx::{ColumnIndex, Encode, Executor, Pool, Type};
+use sqlx::{ColumnIndex, Executor, Pool};
 
 impl<DB: Backend> Sql<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
     i64: Storable<DB>,
-    Option<i64>: Storable<DB>,
     String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     pub(crate) async fn overview(

@@ -4,7 +4,7 @@
 use super::counters::bucket_of;
 use super::{Backend, RowsAffected, Sql, Storable};
 use crate::store::{Millis, StoreError};
-use sqlx::{ColumnIndex, Encode, Executor, Pool, Type};
+use sqlx::{Executor, Pool};
 
 /// Counter hits older than the retention, a bounded number at a time. Binds: before, limit.
 const PRUNE_COUNTER_HITS: &str = "DELETE FROM counter_hits WHERE (key, event_id) IN \
@@ -25,13 +25,7 @@ const PRUNE_INSTANCES: &str = "DELETE FROM instances WHERE id IN \
 impl<DB: Backend> Sql<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
     i64: Storable<DB>,
-    Option<i64>: Storable<DB>,
-    String: Storable<DB>,
-    Vec<u8>: Storable<DB>,
-    usize: ColumnIndex<DB::Row>,
 {
     /// `Store::prune`: one bounded delete per statement, so the writer is never held for long.
     pub(crate) async fn prune(
