@@ -2,8 +2,8 @@
 //! [`Store`] trait, so that the embedded SQLite backend and a shared PostgreSQL backend are
 //! interchangeable. Times are unix milliseconds (UTC).
 //!
-//! Each backend implements the trait itself ([`sqlite`], [`postgres`]); the SQL they run alike
-//! lives in [`sql`], one module per topic, and the types callers see in [`model`].
+//! Each backend implements the trait itself (`sqlite.rs`, `postgres.rs`); the SQL they run
+//! alike lives in `sql/`, one module per topic, and the types callers see in `model.rs`.
 
 mod classify;
 mod model;

@@ -39,12 +39,13 @@ pub(crate) trait Backend:
     /// Appended to a `SELECT` that must lock the rows it reads, where the backend can.
     const ROW_LOCK: &'static str;
 
-    /// `DB::build(&mut qb)`. A built query's arguments keep the builder's lifetime, which generic code
-    /// cannot hand to an executor (it needs them to live exactly as long as the borrow); each
-    /// backend's own types narrow them to the borrow.
+    /// `qb.build()`, its arguments narrowed to the borrow of `qb`. An executor needs a query's
+    /// arguments to have the query's own lifetime; the builder's have its longer one, and in
+    /// generic code `DB::Arguments<'args>` cannot be shortened (a projection does not coerce),
+    /// while each backend's concrete arguments can.
     fn build<'q>(qb: &'q mut QueryBuilder<'_, Self>) -> Query<'q, Self, Self::Arguments<'q>>;
 
-    /// `DB::build_query_as(&mut qb)`, likewise.
+    /// `qb.build_query_as()`, likewise.
     fn build_query_as<'q, T: FromRow<'q, Self::Row>>(
         qb: &'q mut QueryBuilder<'_, Self>,
     ) -> QueryAs<'q, Self, T, Self::Arguments<'q>>;
