@@ -1,13 +1,11 @@
 //! The PostgreSQL backend, shared by several instances: uniqueness is enforced by the database,
 //! and processors claim queued events with `FOR UPDATE SKIP LOCKED` under a lease.
 
-use super::{
-    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
-    InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
-    StoredAttempt, StoredEvaluation, StoredEvent, StoredJob, TaskQuery, Wakeup,
-    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
-    sql,
-};
+use super::sql::Sql;
+use super::sql::counters::bucket_of;
+use super::sql::events::{EVENT_SELECT, EventRow, resolve_inserted};
+use super::*;
+use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 use std::collections::HashMap;
@@ -24,14 +22,14 @@ const JOBS_CHANNEL: &str = "switchboard_jobs";
 
 /// The PostgreSQL store. Cheap to share: it is a connection pool.
 #[derive(Debug, Clone)]
-pub struct PostgresStore {
+pub(super) struct PostgresStore {
     pool: PgPool,
 }
 
 impl PostgresStore {
     /// Connects to `postgres://…` and applies migrations. Several instances starting at once are
     /// safe: the migrator holds an advisory lock while it runs.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
@@ -42,8 +40,9 @@ impl PostgresStore {
     }
 }
 
-super::impl_store! {
-    PostgresStore, Postgres, writer = pool, reader = pool, row_lock = " FOR UPDATE";
+#[async_trait]
+impl Store for PostgresStore {
+    // Intake.
 
     async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
         let columns = batch
@@ -58,7 +57,7 @@ super::impl_store! {
         {
             // A key another instance is inserting right now makes this statement wait for that
             // transaction; if it commits, the row is skipped here and found below.
-            let mut qb: QueryBuilder<Postgres> = sql::insert_events(events, columns);
+            let mut qb: QueryBuilder<Postgres> = Sql::insert_events_query(events, columns);
             let rows: Vec<(EventId, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             inserted.extend(rows.into_iter().map(|(id, key)| (key, id)));
         }
@@ -85,15 +84,17 @@ super::impl_store! {
                 .await?;
         }
         tx.commit().await?;
-        sql::resolve_inserted(batch, inserted, existing)
+        resolve_inserted(batch, inserted, existing)
+    }
+
+    // Events and their processing.
+
+    async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        Sql::get_event(&self.pool, id).await
     }
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut qb: QueryBuilder<Postgres> =
-            QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
-        sql::push_event_filters(&mut qb, query);
-        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.pool).await?;
-        rows.into_iter().map(EventRow::into_stored).collect()
+        Sql::list_events(&self.pool, query).await
     }
 
     async fn claim_events(
@@ -126,27 +127,42 @@ super::impl_store! {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
+    async fn fail_events(
+        &self,
+        failures: &[EventFailure],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError> {
+        Sql::fail_events(&self.pool, failures, owner, now).await
+    }
+
+    async fn retry_event(&self, id: EventId) -> Result<bool, StoreError> {
+        Sql::retry_event(&self.pool, id).await
+    }
+
+    async fn list_quarantined(&self, limit: u32) -> Result<Vec<QuarantinedEvent>, StoreError> {
+        Sql::list_quarantined(&self.pool, limit).await
+    }
+
     async fn finish_events(
         &self,
         finished: &[Finished],
         owner: &str,
         now: Millis,
     ) -> Result<Vec<EventId>, StoreError> {
-        sql::finish_events!(Postgres, self.pool, finished, owner, now)
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let ids = Sql::finish_events(&mut tx, finished, owner, now).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
+
+    // Windowed counters (see docs/counters.md).
 
     async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
-        sql::count_hits!(&self.pool, key, since)
-    }
-
-    async fn hit_ordinal_as_of(
-        &self,
-        key: &str,
-        event_id: EventId,
-        at: Millis,
-        window_ms: Millis,
-    ) -> Result<u64, StoreError> {
-        sql::hit_ordinal_as_of!(&self.pool, key, event_id, at, window_ms)
+        Sql::count_hits(&self.pool, key, since).await
     }
 
     async fn record_hit(
@@ -166,11 +182,43 @@ super::impl_store! {
                 .bind(at)
                 .bind(window_ms)
                 .bind(since)
-                .bind(sql::bucket_of(since))
-                .bind(sql::bucket_of(at))
+                .bind(bucket_of(since))
+                .bind(bucket_of(at))
                 .fetch_one(&self.pool)
                 .await?;
         Ok(u64::try_from(ordinal).unwrap_or(0))
+    }
+
+    async fn hit_ordinal_as_of(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        Sql::hit_ordinal_as_of(&self.pool, key, event_id, at, window_ms).await
+    }
+
+    // Evaluations.
+
+    async fn get_evaluation(
+        &self,
+        event_id: EventId,
+    ) -> Result<Option<StoredEvaluation>, StoreError> {
+        Sql::get_evaluation(&self.pool, event_id).await
+    }
+
+    async fn list_evaluations(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<(EventId, StoredEvaluation)>, StoreError> {
+        Sql::list_evaluations(&self.pool, ids).await
+    }
+
+    // Jobs and their attempts.
+
+    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
+        Sql::list_event_jobs(&self.pool, event_id).await
     }
 
     async fn claim_jobs(
@@ -196,11 +244,140 @@ super::impl_store! {
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
-        sql::jobs_by_id!(Postgres, &self.pool, &ids)
+        Sql::jobs_by_id(&self.pool, &ids).await
     }
 
-    async fn close(&self) {
-        self.pool.close().await;
+    async fn record_attempts(
+        &self,
+        owner: &str,
+        batch: &[FinishedAttempt],
+    ) -> Result<Vec<bool>, StoreError> {
+        Sql::record_attempts(&self.pool, owner, batch).await
+    }
+
+    async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
+        Sql::list_job_attempts(&self.pool, job_id).await
+    }
+
+    async fn list_jobs(
+        &self,
+        status: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        Sql::list_jobs(&self.pool, status, before_id, limit).await
+    }
+
+    async fn get_job(&self, id: i64) -> Result<Option<StoredJob>, StoreError> {
+        Sql::get_job(&self.pool, id).await
+    }
+
+    async fn retry_job(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        Sql::retry_job(&self.pool, id, now).await
+    }
+
+    async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError> {
+        Sql::cancel_job(&self.pool, id, note, now).await
+    }
+
+    async fn insert_replay_jobs(
+        &self,
+        event_id: EventId,
+        run: &str,
+        jobs: &[NewJob],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        Sql::insert_replay_jobs(&self.pool, event_id, run, jobs, now).await
+    }
+
+    // Callback tasks.
+
+    async fn upsert_callback_tasks(
+        &self,
+        requests: &[CallbackRequest],
+        now: Millis,
+    ) -> Result<Vec<UpsertedTask>, StoreError> {
+        Sql::upsert_callback_tasks(&self.pool, requests, now).await
+    }
+
+    async fn close_callback_tasks_many(
+        &self,
+        closes: &[(String, String)],
+        now: Millis,
+    ) -> Result<Vec<u64>, StoreError> {
+        Sql::close_callback_tasks_many(&self.pool, closes, now).await
+    }
+
+    async fn list_callback_tasks(
+        &self,
+        query: &TaskQuery,
+    ) -> Result<Vec<CallbackTask>, StoreError> {
+        Sql::list_callback_tasks(&self.pool, query).await
+    }
+
+    async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError> {
+        Sql::get_callback_task(&self.pool, id).await
+    }
+
+    async fn update_callback_task(
+        &self,
+        id: i64,
+        from: &[&str],
+        status: &str,
+        agent: Option<&str>,
+        outcome: Option<&str>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Sql::update_callback_task(&self.pool, id, from, status, agent, outcome, now).await
+    }
+
+    // The console: its overview, mutes, running instances.
+
+    async fn overview(&self, since: Millis, now: Millis) -> Result<Overview, StoreError> {
+        Sql::overview(&self.pool, since, now).await
+    }
+
+    async fn add_mute(
+        &self,
+        scope: &str,
+        value: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Mute, StoreError> {
+        Sql::add_mute(&self.pool, scope, value, until, reason, now).await
+    }
+
+    async fn list_mutes(&self, active_only: bool, now: Millis) -> Result<Vec<Mute>, StoreError> {
+        Sql::list_mutes(&self.pool, active_only, now).await
+    }
+
+    async fn lift_mute(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        Sql::lift_mute(&self.pool, id, now).await
+    }
+
+    async fn heartbeat(&self, instance: &InstanceInfo) -> Result<(), StoreError> {
+        Sql::heartbeat(&self.pool, instance).await
+    }
+
+    async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError> {
+        Sql::list_instances(&self.pool, since).await
+    }
+
+    // Housekeeping.
+
+    async fn prune(
+        &self,
+        counters_before: Millis,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Sql::prune(&self.pool, counters_before, now, limit).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Wakeup>>, StoreError> {
@@ -232,5 +409,9 @@ super::impl_store! {
             }
         });
         Ok(Some(rx))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }

@@ -1,14 +1,11 @@
 //! The embedded SQLite backend: one database file in WAL mode with `synchronous=FULL`, so a
 //! commit is on disk before the call returns.
 
+use super::sql::Sql;
+use super::sql::events::{EVENT_SELECT, EventRow, resolve_inserted};
 use super::sqlite_hits::PendingHits;
-use super::{
-    CallbackRequest, CallbackTask, EventId, EventQuery, Finished, FinishedAttempt, Inserted,
-    InstanceInfo, Lease, Millis, Mute, NewEvent, NewJob, Overview, Store, StoreError,
-    StoredAttempt, StoredEvaluation, StoredEvent, StoredJob, TaskQuery,
-    row::{AttemptRow, EVENT_SELECT, EvaluationRow, EventRow, JobRow, TaskRow},
-    sql,
-};
+use super::*;
+use async_trait::async_trait;
 use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -27,9 +24,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// The SQLite store. All writes go through one connection, so writers queue in the pool (fairly,
 /// without SQLite's sleeping busy handler) and each transaction runs without lock contention;
-/// reads use a separate pool and run concurrently with writes (WAL)..
+/// reads use a separate pool and run concurrently with writes (WAL).
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub(super) struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     /// Windowed-counter hits numbered and not stored yet (the file is this process's alone).
@@ -40,7 +37,7 @@ impl SqliteStore {
     /// Opens `sqlite://PATH` (creating the file and its folder on first run) and applies
     /// migrations. The URL may carry `?max_page_count=N`: the database cannot grow beyond N pages
     /// (of 4 KiB), which makes a full disk without filling one.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
         let (url, max_page_count) = take_max_page_count(url)?;
         let mut options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
@@ -162,8 +159,9 @@ fn os_reason(path: &Path) -> Option<String> {
     None
 }
 
-super::impl_store! {
-    SqliteStore, Sqlite, writer = writer, reader = reader, row_lock = "";
+#[async_trait]
+impl Store for SqliteStore {
+    // Intake.
 
     async fn insert_events(&self, batch: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
         let columns = batch
@@ -178,7 +176,7 @@ super::impl_store! {
             .chunks(ROWS_PER_STATEMENT)
             .zip(columns.chunks(ROWS_PER_STATEMENT))
         {
-            let mut qb: QueryBuilder<Sqlite> = sql::insert_events(events, columns);
+            let mut qb: QueryBuilder<Sqlite> = Sql::insert_events_query(events, columns);
             let rows: Vec<(EventId, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             inserted.extend(rows.into_iter().map(|(id, key)| (key, id)));
         }
@@ -211,14 +209,17 @@ super::impl_store! {
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        sql::resolve_inserted(batch, inserted, existing)
+        resolve_inserted(batch, inserted, existing)
+    }
+
+    // Events and their processing.
+
+    async fn get_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        Sql::get_event(&self.reader, id).await
     }
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
-        sql::push_event_filters(&mut qb, query);
-        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
-        rows.into_iter().map(EventRow::into_stored).collect()
+        Sql::list_events(&self.reader, query).await
     }
 
     async fn claim_events(
@@ -253,22 +254,57 @@ super::impl_store! {
         rows.into_iter().map(EventRow::into_stored).collect()
     }
 
+    async fn fail_events(
+        &self,
+        failures: &[EventFailure],
+        owner: &str,
+        now: Millis,
+    ) -> Result<Vec<bool>, StoreError> {
+        Sql::fail_events(&self.writer, failures, owner, now).await
+    }
+
+    async fn retry_event(&self, id: EventId) -> Result<bool, StoreError> {
+        Sql::retry_event(&self.writer, id).await
+    }
+
+    async fn list_quarantined(&self, limit: u32) -> Result<Vec<QuarantinedEvent>, StoreError> {
+        Sql::list_quarantined(&self.reader, limit).await
+    }
+
     async fn finish_events(
         &self,
         finished: &[Finished],
         owner: &str,
         now: Millis,
     ) -> Result<Vec<EventId>, StoreError> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
         // The batch stores every hit numbered so far with it (so every hit its evaluations
         // counted), and they stop being pending once it has committed.
         let hits = self.hits.snapshot().await;
-        let pending = &self.hits;
-        sql::finish_events!(Sqlite, self.writer, finished, owner, now, |tx| pending
-            .commit_with(tx, hits))
+        let mut tx = self.writer.begin().await?;
+        let ids = Sql::finish_events(&mut tx, finished, owner, now).await?;
+        self.hits.commit_with(tx, hits).await?;
+        Ok(ids)
     }
+
+    // Windowed counters (see docs/counters.md).
 
     async fn count_hits(&self, key: &str, since: Millis) -> Result<u64, StoreError> {
         self.hits.count(&self.reader, key, since).await
+    }
+
+    async fn record_hit(
+        &self,
+        key: &str,
+        event_id: EventId,
+        at: Millis,
+        window_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        self.hits
+            .record(&self.reader, key, event_id, at, window_ms)
+            .await
     }
 
     async fn hit_ordinal_as_of(
@@ -283,16 +319,26 @@ super::impl_store! {
             .await
     }
 
-    async fn record_hit(
+    // Evaluations.
+
+    async fn get_evaluation(
         &self,
-        key: &str,
         event_id: EventId,
-        at: Millis,
-        window_ms: Millis,
-    ) -> Result<u64, StoreError> {
-        self.hits
-            .record(&self.reader, key, event_id, at, window_ms)
-            .await
+    ) -> Result<Option<StoredEvaluation>, StoreError> {
+        Sql::get_evaluation(&self.reader, event_id).await
+    }
+
+    async fn list_evaluations(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<(EventId, StoredEvaluation)>, StoreError> {
+        Sql::list_evaluations(&self.reader, ids).await
+    }
+
+    // Jobs and their attempts.
+
+    async fn list_event_jobs(&self, event_id: EventId) -> Result<Vec<StoredJob>, StoreError> {
+        Sql::list_event_jobs(&self.reader, event_id).await
     }
 
     async fn claim_jobs(
@@ -318,7 +364,140 @@ super::impl_store! {
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
-        sql::jobs_by_id!(Sqlite, &self.reader, &ids)
+        Sql::jobs_by_id(&self.reader, &ids).await
+    }
+
+    async fn record_attempts(
+        &self,
+        owner: &str,
+        batch: &[FinishedAttempt],
+    ) -> Result<Vec<bool>, StoreError> {
+        Sql::record_attempts(&self.writer, owner, batch).await
+    }
+
+    async fn list_job_attempts(&self, job_id: i64) -> Result<Vec<StoredAttempt>, StoreError> {
+        Sql::list_job_attempts(&self.reader, job_id).await
+    }
+
+    async fn list_jobs(
+        &self,
+        status: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        Sql::list_jobs(&self.reader, status, before_id, limit).await
+    }
+
+    async fn get_job(&self, id: i64) -> Result<Option<StoredJob>, StoreError> {
+        Sql::get_job(&self.reader, id).await
+    }
+
+    async fn retry_job(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        Sql::retry_job(&self.writer, id, now).await
+    }
+
+    async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError> {
+        Sql::cancel_job(&self.writer, id, note, now).await
+    }
+
+    async fn insert_replay_jobs(
+        &self,
+        event_id: EventId,
+        run: &str,
+        jobs: &[NewJob],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        Sql::insert_replay_jobs(&self.writer, event_id, run, jobs, now).await
+    }
+
+    // Callback tasks.
+
+    async fn upsert_callback_tasks(
+        &self,
+        requests: &[CallbackRequest],
+        now: Millis,
+    ) -> Result<Vec<UpsertedTask>, StoreError> {
+        Sql::upsert_callback_tasks(&self.writer, requests, now).await
+    }
+
+    async fn close_callback_tasks_many(
+        &self,
+        closes: &[(String, String)],
+        now: Millis,
+    ) -> Result<Vec<u64>, StoreError> {
+        Sql::close_callback_tasks_many(&self.writer, closes, now).await
+    }
+
+    async fn list_callback_tasks(
+        &self,
+        query: &TaskQuery,
+    ) -> Result<Vec<CallbackTask>, StoreError> {
+        Sql::list_callback_tasks(&self.reader, query).await
+    }
+
+    async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError> {
+        Sql::get_callback_task(&self.reader, id).await
+    }
+
+    async fn update_callback_task(
+        &self,
+        id: i64,
+        from: &[&str],
+        status: &str,
+        agent: Option<&str>,
+        outcome: Option<&str>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Sql::update_callback_task(&self.writer, id, from, status, agent, outcome, now).await
+    }
+
+    // The console: its overview, mutes, running instances.
+
+    async fn overview(&self, since: Millis, now: Millis) -> Result<Overview, StoreError> {
+        Sql::overview(&self.reader, since, now).await
+    }
+
+    async fn add_mute(
+        &self,
+        scope: &str,
+        value: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Mute, StoreError> {
+        Sql::add_mute(&self.writer, scope, value, until, reason, now).await
+    }
+
+    async fn list_mutes(&self, active_only: bool, now: Millis) -> Result<Vec<Mute>, StoreError> {
+        Sql::list_mutes(&self.reader, active_only, now).await
+    }
+
+    async fn lift_mute(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        Sql::lift_mute(&self.writer, id, now).await
+    }
+
+    async fn heartbeat(&self, instance: &InstanceInfo) -> Result<(), StoreError> {
+        Sql::heartbeat(&self.writer, instance).await
+    }
+
+    async fn list_instances(&self, since: Millis) -> Result<Vec<InstanceInfo>, StoreError> {
+        Sql::list_instances(&self.reader, since).await
+    }
+
+    // Housekeeping.
+
+    async fn prune(
+        &self,
+        counters_before: Millis,
+        now: Millis,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Sql::prune(&self.writer, counters_before, now, limit).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
     }
 
     async fn close(&self) {

@@ -4,7 +4,9 @@
 //! it, durably, and without a write transaction per hit (which would queue behind intake's
 //! commits on the one writer connection).
 
-use super::{EventId, Millis, StoreError, sql};
+use super::sql::Sql;
+use super::sql::counters::{HIT_OF_EVENT, bucket_of};
+use super::{EventId, Millis, StoreError};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use std::collections::HashMap;
 use tokio::sync::Mutex;
@@ -15,7 +17,7 @@ const ROWS_PER_STATEMENT: usize = 1024;
 /// For a new hit: the place of the event's stored hit on the key (NULL when it has none), the
 /// place of the key's last stored hit (0 for none), and the key's stored hits at or after
 /// `since` (whole seconds from the buckets, the first second's raw hits), as
-/// [`sql::COUNT_HITS`] counts them. Binds: key, event id, the second `since` falls in, since,
+/// `Sql::count_hits` counts them. Binds: key, event id, the second `since` falls in, since,
 /// the end of that second.
 const HIT_CONTEXT: &str = "SELECT \
      (SELECT seq FROM counter_hits WHERE key = $1 AND event_id = $2), \
@@ -63,7 +65,7 @@ impl PendingHits {
         // One read: whether an earlier batch stored its hit, the key's last place, and the
         // stored hits in the window.
         let since = at.saturating_sub(window_ms);
-        let first = sql::bucket_of(since);
+        let first = bucket_of(since);
         let (stored_seq, last_seq, stored): (Option<i64>, i64, i64) = sqlx::query_as(HIT_CONTEXT)
             .bind(key)
             .bind(event_id)
@@ -74,7 +76,7 @@ impl PendingHits {
             .await?;
         if stored_seq.is_some() {
             // Stored by an earlier batch: the count it had.
-            return sql::hit_ordinal_as_of!(reader, key, event_id, at, window_ms);
+            return Sql::hit_ordinal_as_of(reader, key, event_id, at, window_ms).await;
         }
         let seq = pending.last().map_or(last_seq, |last| last.seq) + 1;
         let pending_in_window = pending.iter().filter(|h| h.at >= since).count() as u64;
@@ -107,13 +109,12 @@ impl PendingHits {
         {
             return Ok(ordinal);
         }
-        let stored: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(sql::HIT_OF_EVENT)
+        let stored: Option<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(HIT_OF_EVENT)
             .bind(key)
             .bind(event_id)
             .fetch_optional(reader)
             .await?;
-        let as_stored: Result<u64, StoreError> =
-            sql::hit_ordinal_as_of!(reader, key, event_id, at, window_ms);
+        let as_stored = Sql::hit_ordinal_as_of(reader, key, event_id, at, window_ms).await?;
         let earlier_pending = match stored {
             Some(_) => 0,
             None => {
@@ -124,7 +125,7 @@ impl PendingHits {
                     .count() as u64
             }
         };
-        Ok(as_stored? + earlier_pending)
+        Ok(as_stored + earlier_pending)
     }
 
     /// `Store::count_hits`: stored and pending.
@@ -136,8 +137,8 @@ impl PendingHits {
     ) -> Result<u64, StoreError> {
         let by_key = self.by_key.lock().await;
         let pending = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
-        let stored: Result<u64, StoreError> = sql::count_hits!(reader, key, since);
-        Ok(stored? + pending.iter().filter(|h| h.at >= since).count() as u64)
+        let stored = Sql::count_hits(reader, key, since).await?;
+        Ok(stored + pending.iter().filter(|h| h.at >= since).count() as u64)
     }
 
     /// Every pending hit, to store with a batch: all that were numbered before it finished, so
@@ -207,10 +208,10 @@ async fn pending_ordinal(
         return Ok(Some(u64::try_from(hit.ordinal).unwrap_or(0)));
     }
     let since = at.saturating_sub(window_ms);
-    let stored: Result<u64, StoreError> = sql::count_hits!(reader, key, since);
+    let stored = Sql::count_hits(reader, key, since).await?;
     let before = pending
         .iter()
         .filter(|h| h.seq <= hit.seq && h.at >= since)
         .count() as u64;
-    Ok(Some(stored? + before))
+    Ok(Some(stored + before))
 }

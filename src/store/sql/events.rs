@@ -1,14 +1,18 @@
-//! The event row as both backends read it (an event joined with its queue and evaluation
-//! rows), and its conversion to [`StoredEvent`].
+//! Events and the processing queue as both backends read them: the event row (read
+//! tolerantly, so that one bad row never fails a claim or a listing), the insert of new events,
+//! and lookups and listings of stored events. Claims differ per backend and live there.
 
-use super::{
-    AttemptRecord, CallbackTask, Millis, NewEvent, ProcessingState, StoreError, StoredAttempt,
-    StoredEvaluation, StoredEvent, StoredJob,
+use super::{Backend, Sql, Storable};
+use crate::store::{
+    EventId, EventQuery, Inserted, Millis, NewEvent, ProcessingState, StoreError, StoredEvent,
 };
+use sqlx::{ColumnIndex, Encode, Executor, Pool, QueryBuilder, Type};
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
 /// The select list and joins of every event query, in [`EventRow`]'s order. Callers append
 /// `WHERE …` clauses on `e.` columns.
-pub(super) const EVENT_SELECT: &str = "SELECT e.id, e.dedupe_key, e.received_at, e.source_addr, \
+pub(crate) const EVENT_SELECT: &str = "SELECT e.id, e.dedupe_key, e.received_at, e.source_addr, \
      e.content_type, e.raw_body, e.decoded, e.warnings, q.lease_owner, \
      COALESCE(v.attempts, q.attempts, 0) AS attempts, v.processed_at, \
      COALESCE(q.failures, 0) AS failures, q.last_error, q.quarantined_at \
@@ -20,7 +24,7 @@ pub(super) const EVENT_SELECT: &str = "SELECT e.id, e.dedupe_key, e.received_at,
 /// type, invalid UTF-8) is left out and named in `problems` instead of failing the whole query,
 /// so that one bad row never fails a claim or a listing. Only the id and the queue's own
 /// columns must read.
-pub(super) struct EventRow {
+pub(crate) struct EventRow {
     id: i64,
     dedupe_key: Option<String>,
     received_at: Option<Millis>,
@@ -95,7 +99,7 @@ where
 
 /// What is wrong with stored JSON text, without quoting it: type errors would quote stored
 /// values (a signed recording URL, a phone number), so only their place is given.
-pub(super) fn json_problem(what: &str, error: &serde_json::Error) -> String {
+fn json_problem(what: &str, error: &serde_json::Error) -> String {
     match error.classify() {
         serde_json::error::Category::Data => format!(
             "{what}: a value does not have the expected type at line {}, column {}",
@@ -107,13 +111,13 @@ pub(super) fn json_problem(what: &str, error: &serde_json::Error) -> String {
 }
 
 /// The JSON text columns of a new event.
-pub(super) struct JsonColumns {
+pub(crate) struct JsonColumns {
     pub decoded: String,
     pub warnings: String,
 }
 
 impl EventRow {
-    pub(super) fn columns_of(new: &NewEvent) -> Result<JsonColumns, StoreError> {
+    pub(crate) fn columns_of(new: &NewEvent) -> Result<JsonColumns, StoreError> {
         let encode = |what, r: serde_json::Result<String>| {
             r.map_err(|e| StoreError::Corrupt {
                 what,
@@ -129,7 +133,7 @@ impl EventRow {
     /// The stored event. A row whose own columns cannot be read back in full still loads: it
     /// comes with `unreadable` saying why (and an empty view), to be skipped, flagged or
     /// quarantined by the caller, never to fail the rest of a batch.
-    pub(super) fn into_stored(self) -> Result<StoredEvent, StoreError> {
+    pub(crate) fn into_stored(self) -> Result<StoredEvent, StoreError> {
         let mut problems = self.problems;
         let event = self.decoded.and_then(|text| {
             serde_json::from_str(&text)
@@ -173,171 +177,122 @@ impl EventRow {
     }
 }
 
-/// The columns of an `evaluations` row.
-pub(super) const EVALUATION_SELECT: &str =
-    "SELECT processed_at, attempts, ruleset_version, record FROM evaluations";
+/// One event by id.
+static GET_EVENT: LazyLock<String> = LazyLock::new(|| format!("{EVENT_SELECT} WHERE e.id = $1"));
 
-#[derive(sqlx::FromRow)]
-pub(super) struct EvaluationRow {
-    processed_at: Millis,
-    attempts: i64,
-    ruleset_version: Option<String>,
-    record: Option<String>,
-}
+impl<DB: Backend> Sql<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    i64: Storable<DB>,
+    String: Storable<DB>,
+    Vec<u8>: Storable<DB>,
+{
+    /// The multi-row insert of new events; returns `(id, dedupe_key)` of the rows it inserted (a
+    /// dedupe key already stored, or repeated in the batch, inserts nothing).
+    pub(crate) fn insert_events_query<'a>(
+        events: &'a [NewEvent],
+        columns: &'a [JsonColumns],
+    ) -> QueryBuilder<'a, DB> {
+        let mut qb = QueryBuilder::new(
+            "INSERT INTO events (dedupe_key, received_at, source_addr, content_type, raw_body, \
+             decoded, warnings, call_id, customer_phone, outcome) ",
+        );
+        qb.push_values(events.iter().zip(columns), |mut row, (new, json)| {
+            row.push_bind(&new.dedupe_key)
+                .push_bind(new.received_at)
+                .push_bind(new.source_addr.as_deref())
+                .push_bind(new.content_type.as_deref())
+                .push_bind(&new.raw_body)
+                .push_bind(&json.decoded)
+                .push_bind(&json.warnings)
+                .push_bind(new.event.call_id.as_deref())
+                .push_bind(new.event.customer_phone.as_deref())
+                .push_bind(new.event.outcome.map(|o| -> &'a str { o.as_str() }));
+        });
+        qb.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key");
+        qb
+    }
 
-impl EvaluationRow {
-    pub(super) fn into_stored(self) -> Result<StoredEvaluation, StoreError> {
-        Ok(StoredEvaluation {
-            processed_at: self.processed_at,
-            attempts: self.attempts,
-            ruleset_version: self.ruleset_version,
-            record: self
-                .record
-                .map(|r| serde_json::from_str(&r))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt {
-                    what: "evaluation record",
-                    message: e.to_string(),
-                })?,
-        })
+    pub(crate) async fn get_event(
+        pool: &Pool<DB>,
+        id: EventId,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let row: Option<EventRow> = sqlx::query_as(GET_EVENT.as_str())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        row.map(EventRow::into_stored).transpose()
+    }
+
+    /// Events matching `query`, newest first.
+    pub(crate) async fn list_events(
+        pool: &Pool<DB>,
+        query: &EventQuery,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut qb = QueryBuilder::new(format!("{EVENT_SELECT} WHERE 1 = 1"));
+        if let Some(call_id) = &query.call_id {
+            qb.push(" AND e.call_id = ").push_bind(call_id);
+        }
+        if let Some(phone) = &query.customer_phone {
+            qb.push(" AND e.customer_phone = ").push_bind(phone);
+        }
+        if let Some(since) = query.since {
+            qb.push(" AND e.received_at >= ").push_bind(since);
+        }
+        if let Some(until) = query.until {
+            qb.push(" AND e.received_at < ").push_bind(until);
+        }
+        if let Some(before) = query.before_id {
+            qb.push(" AND e.id < ").push_bind(before);
+        }
+        if let Some(outcome) = &query.outcome {
+            qb.push(" AND e.outcome = ").push_bind(outcome);
+        }
+        if let Some(rule) = &query.matched_rule {
+            qb.push(
+                " AND EXISTS (SELECT 1 FROM rule_verdicts v WHERE v.event_id = e.id \
+                 AND v.verdict = 'matched' AND v.rule = ",
+            )
+            .push_bind(rule)
+            .push(")");
+        }
+        qb.push(" ORDER BY e.id DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows: Vec<EventRow> = DB::build_query_as(&mut qb).fetch_all(pool).await?;
+        rows.into_iter().map(EventRow::into_stored).collect()
     }
 }
 
-/// An evaluation with its event id.
-#[derive(sqlx::FromRow)]
-pub(super) struct EvaluationWithIdRow {
-    pub(super) event_id: super::EventId,
-    #[sqlx(flatten)]
-    pub(super) evaluation: EvaluationRow,
-}
-
-/// The columns of a `jobs` row.
-pub(super) const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
-     kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at FROM jobs";
-
-#[derive(sqlx::FromRow)]
-pub(super) struct JobRow {
-    id: i64,
-    idempotency_key: String,
-    event_id: i64,
-    rule: String,
-    action_index: i64,
-    kind: String,
-    spec: String,
-    status: String,
-    note: Option<String>,
-    created_at: Millis,
-    attempts: i64,
-    next_attempt_at: Millis,
-    finished_at: Option<Millis>,
-}
-
-impl JobRow {
-    pub(super) fn into_stored(self) -> Result<StoredJob, StoreError> {
-        Ok(StoredJob {
-            id: self.id,
-            idempotency_key: self.idempotency_key,
-            event_id: self.event_id,
-            rule: self.rule,
-            action_index: self.action_index,
-            kind: self.kind,
-            spec: serde_json::from_str(&self.spec).map_err(|e| StoreError::Corrupt {
-                what: "job spec",
-                message: e.to_string(),
-            })?,
-            status: self.status,
-            note: self.note,
-            created_at: self.created_at,
-            attempts: self.attempts,
-            next_attempt_at: self.next_attempt_at,
-            finished_at: self.finished_at,
+/// The answer for each event of a batch, from the keys the insert stored (`inserted`) and the
+/// ids of keys that were stored before (`existing`). The first occurrence of a key inserted by
+/// this batch is new; every other occurrence is a duplicate.
+pub(crate) fn resolve_inserted(
+    batch: &[NewEvent],
+    mut inserted: HashMap<String, EventId>,
+    mut existing: HashMap<String, EventId>,
+) -> Result<Vec<Inserted>, StoreError> {
+    batch
+        .iter()
+        .map(|new| {
+            if let Some(id) = inserted.remove(&new.dedupe_key) {
+                existing.insert(new.dedupe_key.clone(), id);
+                return Ok(Inserted {
+                    id,
+                    duplicate: false,
+                });
+            }
+            existing
+                .get(&new.dedupe_key)
+                .map(|&id| Inserted {
+                    id,
+                    duplicate: true,
+                })
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "dedupe key",
+                    message: format!("{} neither inserted nor found", new.dedupe_key),
+                })
         })
-    }
-}
-
-/// The columns of a `job_attempts` row.
-pub(super) const ATTEMPT_SELECT: &str = "SELECT attempt, started_at, duration_ms, outcome, code, \
-     detail FROM job_attempts";
-
-#[derive(sqlx::FromRow)]
-pub(super) struct AttemptRow {
-    attempt: i64,
-    started_at: Millis,
-    duration_ms: i64,
-    outcome: String,
-    code: Option<i64>,
-    detail: Option<String>,
-}
-
-impl AttemptRow {
-    pub(super) fn into_stored(self) -> Result<StoredAttempt, StoreError> {
-        Ok(StoredAttempt {
-            attempt: self.attempt,
-            record: AttemptRecord {
-                started_at: self.started_at,
-                duration_ms: self.duration_ms,
-                outcome: self.outcome,
-                code: self.code,
-                detail: self.detail,
-            },
-        })
-    }
-}
-
-/// The columns of a `callback_tasks` row.
-pub(super) const TASK_SELECT: &str = "SELECT id, phone, customer_name, status, priority, due_at, \
-     claimed_by, outcome, created_at, updated_at, closed_at FROM callback_tasks";
-
-#[derive(sqlx::FromRow)]
-pub(super) struct TaskRow {
-    id: i64,
-    phone: String,
-    customer_name: Option<String>,
-    status: String,
-    priority: i64,
-    due_at: Millis,
-    claimed_by: Option<String>,
-    outcome: Option<String>,
-    created_at: Millis,
-    updated_at: Millis,
-    closed_at: Option<Millis>,
-}
-
-impl TaskRow {
-    /// The task without its reasons (they live in `callback_task_reasons`; see
-    /// `sql::with_reasons!`).
-    pub(super) fn into_stored(self) -> Result<CallbackTask, StoreError> {
-        Ok(CallbackTask {
-            id: self.id,
-            phone: self.phone,
-            customer_name: self.customer_name,
-            status: self.status,
-            priority: self.priority,
-            due_at: self.due_at,
-            reasons: serde_json::Value::Array(Vec::new()),
-            claimed_by: self.claimed_by,
-            outcome: self.outcome,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            closed_at: self.closed_at,
-        })
-    }
-}
-
-/// One reason of a callback task.
-#[derive(sqlx::FromRow)]
-pub(super) struct ReasonRow {
-    pub(super) task_id: i64,
-    pub(super) event_id: i64,
-    pub(super) rule: String,
-    pub(super) reason: String,
-    pub(super) at: Millis,
-}
-
-impl ReasonRow {
-    pub(super) fn into_json(self) -> serde_json::Value {
-        serde_json::json!({
-            "reason": self.reason, "event_id": self.event_id, "rule": self.rule, "at": self.at,
-        })
-    }
+        .collect()
 }
