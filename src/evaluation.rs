@@ -55,7 +55,7 @@ pub(crate) fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluati
                 .map(|(index, action)| NewJob {
                     rule: verdict.rule.clone(),
                     action_index: u32::try_from(index).unwrap_or(u32::MAX),
-                    kind: action.kind().to_string(),
+                    kind: action.kind(),
                     spec: serde_json::to_value(action).unwrap_or_default(),
                 })
         })

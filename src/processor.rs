@@ -9,7 +9,7 @@ use crate::evaluation::{StoreCounters, finished, on_evaluation_thread};
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{EvalContext, Evaluation, Rules};
-use crate::store::{EventFailure, EventNext, Finished, Lease, Store, StoredEvent};
+use crate::store::{EventFailure, EventNext, Finished, JobKind, Lease, Store, StoredEvent};
 use crate::time::{Millis, now_millis};
 use crate::wakeup::Wakers;
 use std::collections::HashMap;
@@ -95,9 +95,7 @@ pub(crate) async fn run(
                 match process(&batch, &rules, events).await {
                     Some(kinds) => {
                         backoff.succeeded();
-                        for kind in kinds {
-                            workers.wake(&kind);
-                        }
+                        kinds.into_iter().for_each(|kind| workers.wake(kind));
                         if full {
                             continue; // more is waiting
                         }
@@ -165,7 +163,7 @@ async fn process(
     batch: &Batch<'_>,
     rules: &Arc<Rules>,
     events: Vec<StoredEvent>,
-) -> Option<std::collections::BTreeSet<String>> {
+) -> Option<std::collections::BTreeSet<JobKind>> {
     let (store, metrics, config) = (batch.store, batch.metrics, batch.config);
     let count = events.len();
     let (events, unreadable): (Vec<StoredEvent>, Vec<StoredEvent>) =
@@ -242,7 +240,7 @@ async fn process(
     Some(
         recorded
             .iter()
-            .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
+            .flat_map(|r| r.jobs.iter().map(|j| j.kind))
             .collect(),
     )
 }

@@ -6,7 +6,7 @@ use super::{ApiError, AppState};
 use super::{Path, Query};
 use crate::event::{CallEvent, Warning};
 use crate::store::{
-    EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent, Unreadable,
+    EventQuery, JobStatus, Millis, ProcessingState, StoredEvaluation, StoredEvent, Unreadable,
 };
 use axum::Json;
 use axum::extract::State;
@@ -78,8 +78,8 @@ fn rule_outcomes(record: &serde_json::Value, jobs: &[JobView]) -> Vec<RuleOutcom
         jobs.iter()
             .map(|j| &j.job)
             .filter(|j| j.rule == rule && !j.idempotency_key.contains(":replay-"))
-            .find(|j| matches!(j.status.as_str(), "suppressed" | "muted"))
-            .map(|j| (j.status.clone(), j.note.clone()))
+            .find(|j| matches!(j.status, JobStatus::Suppressed | JobStatus::Muted))
+            .map(|j| (j.status, j.note.clone()))
     };
     let mut outcomes = Vec::new();
     for verdict in record["verdicts"].as_array().into_iter().flatten() {
@@ -94,7 +94,7 @@ fn rule_outcomes(record: &serde_json::Value, jobs: &[JobView]) -> Vec<RuleOutcom
             match held_back(&rule) {
                 Some((status, note)) => RuleOutcome {
                     rule,
-                    verdict: if status == "muted" {
+                    verdict: if status == JobStatus::Muted {
                         "muted"
                     } else {
                         "throttled"

@@ -155,7 +155,7 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_jobs(
         &self,
         lease: &Lease,
-        kind: &str,
+        kind: JobKind,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError>;
 
@@ -174,7 +174,7 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs, newest first: all, or those with `status`; `before_id` pages.
     async fn list_jobs(
         &self,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError>;
@@ -227,13 +227,12 @@ pub trait Store: Send + Sync + 'static {
     /// One callback task.
     async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError>;
 
-    /// Moves a task to `status` (`claimed`, `done` or `cancelled`) from one of `from`, recording
-    /// the agent (claims) or outcome. False when the task is not in one of `from`.
+    /// Moves a task as `transition` says, recording the agent (claims) or outcome. False when
+    /// the task is not in one of the statuses it moves from.
     async fn update_callback_task(
         &self,
         id: i64,
-        from: &[&str],
-        status: &str,
+        transition: TaskTransition,
         agent: Option<&str>,
         outcome: Option<&str>,
         now: Millis,

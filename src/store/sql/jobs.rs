@@ -4,8 +4,8 @@
 
 use super::{Backend, RowsAffected, Sql, Storable};
 use crate::store::{
-    AttemptRecord, EventId, Finished, FinishedAttempt, JobNext, Millis, NewJob, StoreError,
-    StoredAttempt, StoredJob, job_status,
+    AttemptRecord, EventId, Finished, FinishedAttempt, JobNext, JobStatus, Millis, NewJob,
+    StoreError, StoredAttempt, StoredJob,
 };
 use sqlx::{ColumnIndex, Encode, Executor, Pool, QueryBuilder, Type};
 use std::collections::HashMap;
@@ -61,18 +61,19 @@ struct JobRow {
 
 impl JobRow {
     fn into_stored(self) -> Result<StoredJob, StoreError> {
+        let corrupt = |message: String| StoreError::Corrupt {
+            what: "job",
+            message,
+        };
         Ok(StoredJob {
             id: self.id,
             idempotency_key: self.idempotency_key,
             event_id: self.event_id,
             rule: self.rule,
             action_index: self.action_index,
-            kind: self.kind,
-            spec: serde_json::from_str(&self.spec).map_err(|e| StoreError::Corrupt {
-                what: "job spec",
-                message: e.to_string(),
-            })?,
-            status: self.status,
+            kind: self.kind.parse().map_err(|e| corrupt(format!("{e}")))?,
+            spec: serde_json::from_str(&self.spec).map_err(|e| corrupt(format!("spec: {e}")))?,
+            status: self.status.parse().map_err(|e| corrupt(format!("{e}")))?,
             note: self.note,
             created_at: self.created_at,
             attempts: self.attempts,
@@ -122,7 +123,7 @@ where
     /// throttle, or `muted`) are recorded with that status instead of `pending`.
     pub(crate) fn insert_jobs<'a>(
         finished: &'a [&'a Finished],
-        held_back: &'a HashMap<(EventId, String), (&'static str, String)>,
+        held_back: &'a HashMap<(EventId, String), (JobStatus, String)>,
         now: Millis,
         replay_run: Option<&str>,
     ) -> Result<Option<QueryBuilder<'a, DB>>, StoreError> {
@@ -153,9 +154,12 @@ where
                 .push_bind(event_id)
                 .push_bind(&job.rule)
                 .push_bind(i64::from(job.action_index))
-                .push_bind(&job.kind)
+                .push_bind(job.kind.as_str())
                 .push_bind(spec)
-                .push_bind::<&'a str>(held.map_or(job_status::PENDING, |(status, _)| status))
+                .push_bind(
+                    held.map_or(JobStatus::Pending, |(status, _)| *status)
+                        .as_str(),
+                )
                 .push_bind(held.map(|(_, note)| note.as_str()))
                 .push_bind(now);
         });
@@ -218,16 +222,16 @@ where
             let attempt = &done.attempt;
             let ended = attempt.started_at + attempt.duration_ms;
             let (status, next_at, finished_at) = match done.next {
-                JobNext::Done => (job_status::DONE, 0, Some(ended)),
-                JobNext::RetryAt(at) => (job_status::RETRYING, at, None),
-                JobNext::Dead => (job_status::DEAD, 0, Some(ended)),
+                JobNext::Done => (JobStatus::Done, 0, Some(ended)),
+                JobNext::RetryAt(at) => (JobStatus::Retrying, at, None),
+                JobNext::Dead => (JobStatus::Dead, 0, Some(ended)),
             };
             let updated: Option<(i64,)> = sqlx::query_as(
                 "UPDATE jobs SET attempts = attempts + 1, status = $1, next_attempt_at = $2, \
                  finished_at = $3, lease_owner = NULL, lease_until = 0 \
                  WHERE id = $4 AND lease_owner = $5 RETURNING attempts",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(next_at)
             .bind(finished_at)
             .bind(done.job_id)
@@ -281,12 +285,12 @@ where
 
     pub(crate) async fn list_jobs(
         pool: &Pool<DB>,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError> {
         let rows: Vec<JobRow> = sqlx::query_as(LIST_JOBS.as_str())
-            .bind(status)
+            .bind(status.map(JobStatus::as_str))
             .bind(before_id)
             .bind(i64::from(limit))
             .fetch_all(pool)
