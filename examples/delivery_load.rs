@@ -179,7 +179,7 @@ async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, inst
             .map(|event| Finished {
                 event_id: event.id,
                 ruleset_version: "bench".into(),
-                record: serde_json::json!({}),
+                record: Default::default(),
                 jobs: vec![NewJob {
                     rule: "hook".into(),
                     action_index: 0,

@@ -187,6 +187,7 @@ pub async fn run(
         health.clone(),
     );
     let stop_processing = CancellationToken::new();
+    let rule_errors = Arc::new(processor::RuleErrorLog::default());
     let processor_tasks: Vec<_> = (0..config.processors)
         .map(|n| {
             tokio::spawn(processor::run(
@@ -196,6 +197,7 @@ pub async fn run(
                 job_workers.clone(),
                 metrics.clone(),
                 health.clone(),
+                rule_errors.clone(),
                 processor::ProcessorConfig {
                     owner: format!("{instance_id}-p{n}"),
                     batch: 64,

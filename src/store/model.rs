@@ -184,7 +184,7 @@ pub struct Finished {
     /// The version of the rule set the event was evaluated against.
     pub ruleset_version: String,
     /// The evaluation record (each rule's verdict, actions, errors, timing).
-    pub record: serde_json::Value,
+    pub record: EvaluationRecord,
     /// The actions matching rules asked for.
     pub jobs: Vec<NewJob>,
     /// Throttles of the rules that matched: a rule whose window for the key is still open gets
@@ -220,13 +220,55 @@ impl NewJob {
     }
 }
 
+/// The record an evaluation leaves: what `rules::Evaluation` serializes to, read back typed
+/// (the store knows its shape, not the rules engine). Fields older records may lack default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationRecord {
+    #[serde(default)]
+    pub ruleset_version: String,
+    /// How many rules ran.
+    #[serde(default)]
+    pub evaluated: u64,
+    /// The rules that matched or failed.
+    #[serde(default)]
+    pub verdicts: Vec<RecordedVerdict>,
+    /// Rules that ran and did not match (names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_matched: Vec<String>,
+    /// The windowed counters the rules hit (`{key, at_ms, window_ms, count}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counter_hits: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub elapsed_us: u64,
+}
+
+/// One rule's verdict in an [`EvaluationRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedVerdict {
+    pub rule: String,
+    #[serde(default)]
+    pub file: String,
+    #[serde(default)]
+    pub matched: bool,
+    /// The actions it asked for, as rendered (shown and compared, never run from here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A processed event's evaluation as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvaluation {
     pub processed_at: Millis,
     pub attempts: i64,
     pub ruleset_version: Option<String>,
-    pub record: Option<serde_json::Value>,
+    pub record: Option<EvaluationRecord>,
+    /// Why the stored record could not be read back, if it could not (`record` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 // Jobs and their attempts.

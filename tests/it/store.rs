@@ -88,7 +88,7 @@ fn done(event_id: i64) -> Finished {
     Finished {
         event_id,
         ruleset_version: "v1".into(),
-        record: json!({"verdicts": []}),
+        record: Default::default(),
         jobs: Vec::new(),
         throttles: Vec::new(),
     }
@@ -335,7 +335,8 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
 
         let evaluation = store.get_evaluation(ids[1]).await.unwrap().unwrap();
         assert_eq!(evaluation.ruleset_version.as_deref(), Some("v1"), "{name}");
-        assert_eq!(evaluation.record, Some(json!({"verdicts": []})), "{name}");
+        assert_eq!(evaluation.record, Some(Default::default()), "{name}");
+        assert_eq!(evaluation.unreadable, None, "{name}");
         assert_eq!(evaluation.processed_at, 1_500, "{name}");
         let jobs = store.list_event_jobs(ids[1]).await.unwrap();
         let keys: Vec<&str> = jobs.iter().map(|j| j.idempotency_key.as_str()).collect();

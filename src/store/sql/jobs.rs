@@ -178,7 +178,7 @@ where
         let replayed = Finished {
             event_id,
             ruleset_version: String::new(),
-            record: serde_json::Value::Null,
+            record: Default::default(),
             jobs: jobs.to_vec(),
             throttles: Vec::new(),
         };
