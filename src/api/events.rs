@@ -78,7 +78,7 @@ fn rule_outcomes(record: &EvaluationRecord, jobs: &[JobView]) -> Vec<RuleOutcome
     let held_back = |rule: &str| {
         jobs.iter()
             .map(|j| &j.job)
-            .filter(|j| j.rule == rule && !j.idempotency_key.contains(":replay-"))
+            .filter(|j| j.rule == rule && j.replay_run.is_none())
             .find(|j| matches!(j.status, JobStatus::Suppressed | JobStatus::Muted))
     };
     let verdicts = record.verdicts.iter().map(|recorded| {

@@ -188,8 +188,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a job that has not succeeded (pending, retrying or dead). False otherwise.
     async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError>;
 
-    /// Queues the jobs of a real replay of an event, keyed `{event}:{index}:{rule}:{run}` so
-    /// that they never collide with the first run's or another replay's. Mutes apply; throttles
+    /// Queues the jobs of a real replay of an event, marked with the run (`replay_run`) and
+    /// keyed `{event}:{index}:{rule}:{run}` so that they never collide with the first run's or
+    /// another replay's. Mutes apply; throttles
     /// do not (a replay is an operator's decision). Returns how many were queued.
     async fn insert_replay_jobs(
         &self,

@@ -293,6 +293,10 @@ pub struct StoredJob {
     pub next_attempt_at: Millis,
     /// When it ended (done or dead).
     pub finished_at: Option<Millis>,
+    /// The replay run that queued it (its key ends with it too); none for the jobs of the
+    /// event's own evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_run: Option<String>,
 }
 
 /// Where a job stands. Stored and shown by its snake_case name.

@@ -13,7 +13,8 @@ use std::sync::LazyLock;
 
 /// The columns of a `jobs` row.
 const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
-     kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at FROM jobs";
+     kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at, replay_run \
+     FROM jobs";
 
 /// Jobs, newest first. Binds: status or NULL, before id or NULL, limit.
 static LIST_JOBS: LazyLock<String> = LazyLock::new(|| {
@@ -57,6 +58,7 @@ struct JobRow {
     attempts: i64,
     next_attempt_at: Millis,
     finished_at: Option<Millis>,
+    replay_run: Option<String>,
 }
 
 impl JobRow {
@@ -79,6 +81,7 @@ impl JobRow {
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at,
             finished_at: self.finished_at,
+            replay_run: self.replay_run,
         })
     }
 }
@@ -125,7 +128,7 @@ where
         finished: &'a [&'a Finished],
         held_back: &'a HashMap<(EventId, String), (JobStatus, String)>,
         now: Millis,
-        replay_run: Option<&str>,
+        replay_run: Option<&'a str>,
     ) -> Result<Option<QueryBuilder<'a, DB>>, StoreError> {
         let mut jobs = Vec::new();
         for f in finished {
@@ -147,7 +150,7 @@ where
         }
         let mut qb = QueryBuilder::new(
             "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, status, \
-             note, created_at) ",
+             note, created_at, replay_run) ",
         );
         qb.push_values(jobs, |mut row, (key, event_id, job, spec, held)| {
             row.push_bind(key)
@@ -161,7 +164,8 @@ where
                         .as_str(),
                 )
                 .push_bind(held.map(|(_, note)| note.as_str()))
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(replay_run);
         });
         qb.push(" ON CONFLICT (idempotency_key) DO NOTHING");
         Ok(Some(qb))
