@@ -143,7 +143,7 @@ async fn main() {
 /// Queues `jobs` webhook jobs in the store, then starts the service and times their delivery.
 async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, instances: usize) {
     use switchboard::event::{decode, dedupe_key, parse_body};
-    use switchboard::store::{Finished, Lease, NewEvent, NewJob, job_status};
+    use switchboard::store::{Finished, JobKind, JobStatus, Lease, NewEvent, NewJob};
     use switchboard::time::now_millis;
     let store = switchboard::store::open(config.database_url.expose())
         .await
@@ -179,11 +179,11 @@ async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, inst
             .map(|event| Finished {
                 event_id: event.id,
                 ruleset_version: "bench".into(),
-                record: serde_json::json!({}),
+                record: Default::default(),
                 jobs: vec![NewJob {
                     rule: "hook".into(),
                     action_index: 0,
-                    kind: "webhook".into(),
+                    kind: JobKind::Webhook,
                     spec: serde_json::json!({
                         "kind": "webhook", "target": "hook", "body": { "n": event.id },
                     }),
@@ -223,7 +223,7 @@ async fn delivery_only(config: Config, jobs: u64, received: Arc<AtomicU64>, inst
     let store = switchboard::store::open(&database).await.unwrap();
     loop {
         let mut open = 0;
-        for status in [job_status::PENDING, job_status::RETRYING] {
+        for status in [JobStatus::Pending, JobStatus::Retrying] {
             open += store.list_jobs(Some(status), None, 1).await.unwrap().len();
         }
         if open == 0 {

@@ -43,23 +43,24 @@ where
 }
 
 /// The record of one event's evaluation, with a job for each action of each matching rule and
-/// the throttles those rules asked for (applied at `evaluated_at`, the event's time).
-pub(crate) fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluation) -> Finished {
-    let jobs = evaluation
-        .matched()
-        .flat_map(|verdict| {
-            verdict
-                .actions
-                .iter()
-                .enumerate()
-                .map(|(index, action)| NewJob {
-                    rule: verdict.rule.clone(),
-                    action_index: u32::try_from(index).unwrap_or(u32::MAX),
-                    kind: action.kind().to_string(),
-                    spec: serde_json::to_value(action).unwrap_or_default(),
-                })
-        })
-        .collect();
+/// the throttles those rules asked for (applied at `evaluated_at`, the event's time). Fails
+/// when the evaluation does not serialize to its record (nothing of it is then stored).
+pub(crate) fn finished(
+    event_id: i64,
+    evaluated_at: Millis,
+    evaluation: &Evaluation,
+) -> Result<Finished, serde_json::Error> {
+    let mut jobs = Vec::new();
+    for verdict in evaluation.matched() {
+        for (index, action) in verdict.actions.iter().enumerate() {
+            jobs.push(NewJob {
+                rule: verdict.rule.clone(),
+                action_index: u32::try_from(index).unwrap_or(u32::MAX),
+                kind: action.kind(),
+                spec: serde_json::to_value(action)?,
+            });
+        }
+    }
     let throttles = evaluation
         .matched()
         .filter_map(|verdict| {
@@ -71,13 +72,13 @@ pub(crate) fn finished(event_id: i64, evaluated_at: Millis, evaluation: Evaluati
             })
         })
         .collect();
-    Finished {
+    Ok(Finished {
         event_id,
         throttles,
         ruleset_version: evaluation.ruleset_version.clone(),
-        record: serde_json::to_value(&evaluation).unwrap_or_default(),
+        record: serde_json::from_value(serde_json::to_value(evaluation)?)?,
         jobs,
-    }
+    })
 }
 
 /// The windowed counters of one event being processed: each hit is recorded in the store as it
@@ -138,4 +139,58 @@ impl CounterSource for HistoricCounters {
 /// A counter read the store failed: the calling rule fails (recorded) rather than count wrong.
 fn unavailable(error: StoreError) -> String {
     format!("the counter store is unavailable: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::{ActionRequest, JobKind};
+    use crate::rules::{CounterHit, RuleVerdict, Throttle};
+
+    #[test]
+    fn the_stored_record_is_the_evaluation_as_it_serializes() {
+        let verdict = |rule: &str, matched: bool, error: Option<&str>| RuleVerdict {
+            rule: rule.into(),
+            file: format!("{rule}.rhai"),
+            matched,
+            actions: Vec::new(),
+            throttle: None,
+            error: error.map(String::from),
+        };
+        let close = ActionRequest::CloseCallbackTasks {
+            phone: "13800138000".into(),
+            note: Some("reached".into()),
+        };
+        let evaluation = Evaluation {
+            ruleset_version: "v7".into(),
+            evaluated: 3,
+            verdicts: vec![
+                RuleVerdict {
+                    actions: vec![close.clone()],
+                    throttle: Some(Throttle {
+                        key: "13800138000".into(),
+                        window_ms: 60_000,
+                    }),
+                    ..verdict("a", true, None)
+                },
+                verdict("b", false, Some("boom")),
+            ],
+            not_matched: vec!["c".into()],
+            counter_hits: vec![CounterHit {
+                key: "k".into(),
+                at_ms: 5,
+                window_ms: 10,
+                count: Some(2),
+            }],
+            elapsed_us: 42,
+        };
+        let done = finished(9, 1_000, &evaluation).unwrap();
+        assert_eq!(
+            serde_json::to_value(&done.record).unwrap(),
+            serde_json::to_value(&evaluation).unwrap()
+        );
+        assert_eq!(done.jobs.len(), 1);
+        assert_eq!(done.jobs[0].kind, JobKind::CloseCallbackTasks);
+        assert_eq!(done.throttles.len(), 1);
+    }
 }

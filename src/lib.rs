@@ -54,6 +54,7 @@ pub mod store;
 pub mod time;
 mod wakeup;
 
+use action::JobKind;
 use config::Config;
 use std::future::Future;
 use std::sync::Arc;
@@ -169,16 +170,14 @@ pub async fn run(
     let health = Arc::new(health::WriteHealth::new(metrics.clone()));
     let committed = Arc::new(Notify::new());
     let mut wakers = wakeup::Wakers::default();
-    let webhook_ready = wakers.of("webhook");
-    let email_ready = wakers.of("email");
-    let callbacks_ready = [
-        wakers.of("callback_task"),
-        wakers.of("close_callback_tasks"),
-    ];
+    let webhook_ready = wakers.of(JobKind::Webhook);
+    let email_ready = wakers.of(JobKind::Email);
+    let callback_kinds = [JobKind::CallbackTask, JobKind::CloseCallbackTasks];
+    let callbacks_ready = callback_kinds.map(|kind| wakers.of(kind));
     let dispatch_ready = config
         .callback_dispatch
         .as_ref()
-        .map(|_| wakers.of(store::CALLBACK_DISPATCH_KIND));
+        .map(|_| wakers.of(JobKind::CallbackDispatch));
     let job_workers = Arc::new(wakers);
     let (committer, commit_task) = committer::Committer::spawn(
         store.clone(),
@@ -188,6 +187,7 @@ pub async fn run(
         health.clone(),
     );
     let stop_processing = CancellationToken::new();
+    let rule_errors = Arc::new(processor::RuleErrorLog::default());
     let processor_tasks: Vec<_> = (0..config.processors)
         .map(|n| {
             tokio::spawn(processor::run(
@@ -197,6 +197,7 @@ pub async fn run(
                 job_workers.clone(),
                 metrics.clone(),
                 health.clone(),
+                rule_errors.clone(),
                 processor::ProcessorConfig {
                     owner: format!("{instance_id}-p{n}"),
                     batch: 64,
@@ -300,10 +301,7 @@ pub async fn run(
             longest_timeout,
         ));
     }
-    for (kind, ready) in ["callback_task", "close_callback_tasks"]
-        .into_iter()
-        .zip(callbacks_ready)
-    {
+    for (kind, ready) in callback_kinds.into_iter().zip(callbacks_ready) {
         let deliver = delivery::deliver::CallbackDeliverer {
             store: store.clone(),
             kind,

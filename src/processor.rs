@@ -9,12 +9,12 @@ use crate::evaluation::{StoreCounters, finished, on_evaluation_thread};
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::{EvalContext, Evaluation, Rules};
-use crate::store::{EventFailure, EventNext, Finished, Lease, Store, StoredEvent};
+use crate::store::{EventFailure, EventNext, Finished, JobKind, Lease, Store, StoredEvent};
 use crate::time::{Millis, now_millis};
 use crate::wakeup::Wakers;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,7 @@ pub(crate) async fn run(
     workers: Arc<Wakers>,
     metrics: Arc<Metrics>,
     health: Arc<WriteHealth>,
+    rule_errors: Arc<RuleErrorLog>,
     config: ProcessorConfig,
     shutdown: CancellationToken,
 ) {
@@ -77,7 +78,7 @@ pub(crate) async fn run(
             now,
             until: now.saturating_add(lease_ms),
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let claimed = store.claim_events(&lease, config.batch).await;
         metrics.store_call(op::CLAIM_EVENTS, started);
         health.record(op::CLAIM_EVENTS, &claimed);
@@ -88,6 +89,7 @@ pub(crate) async fn run(
                     store: &store,
                     metrics: &metrics,
                     health: &health,
+                    rule_errors: &rule_errors,
                     config: &config,
                     lease: &lease,
                     shutdown: &shutdown,
@@ -95,9 +97,7 @@ pub(crate) async fn run(
                 match process(&batch, &rules, events).await {
                     Some(kinds) => {
                         backoff.succeeded();
-                        for kind in kinds {
-                            workers.wake(&kind);
-                        }
+                        kinds.into_iter().for_each(|kind| workers.wake(kind));
                         if full {
                             continue; // more is waiting
                         }
@@ -140,6 +140,7 @@ struct Batch<'a> {
     store: &'a Arc<dyn Store>,
     metrics: &'a Arc<Metrics>,
     health: &'a WriteHealth,
+    rule_errors: &'a RuleErrorLog,
     config: &'a ProcessorConfig,
     lease: &'a Lease,
     shutdown: &'a CancellationToken,
@@ -165,7 +166,7 @@ async fn process(
     batch: &Batch<'_>,
     rules: &Arc<Rules>,
     events: Vec<StoredEvent>,
-) -> Option<std::collections::BTreeSet<String>> {
+) -> Option<std::collections::BTreeSet<JobKind>> {
     let (store, metrics, config) = (batch.store, batch.metrics, batch.config);
     let count = events.len();
     let (events, unreadable): (Vec<StoredEvent>, Vec<StoredEvent>) =
@@ -207,10 +208,13 @@ async fn process(
                     reason: format!("evaluation panicked: {}", panic_message(&*panic)),
                 })?;
                 metrics_for(&eval_metrics, &evaluation);
-                Ok((
-                    event.failures,
-                    finished(event.id, event.received_at, evaluation),
-                ))
+                let finished =
+                    finished(event.id, event.received_at, &evaluation).map_err(|e| Failed {
+                        event_id: event.id,
+                        failures: event.failures,
+                        reason: format!("its evaluation could not be recorded: {e}"),
+                    })?;
+                Ok((event.failures, finished))
             })
             .collect::<Vec<Result<(i64, Finished), Failed>>>()
     })
@@ -234,7 +238,7 @@ async fn process(
         }
     }
     let results = results_ok;
-    log_rule_errors(&results);
+    batch.rule_errors.log(&results);
     let recorded = record(batch, &results, &failures_of, &mut failed).await?;
     if !failed.is_empty() {
         fail(store, metrics, config, failed).await;
@@ -242,7 +246,7 @@ async fn process(
     Some(
         recorded
             .iter()
-            .flat_map(|r| r.jobs.iter().map(|j| j.kind.clone()))
+            .flat_map(|r| r.jobs.iter().map(|j| j.kind))
             .collect(),
     )
 }
@@ -264,7 +268,7 @@ async fn record<'a>(
     }
     let mut backoff = Backoff::store();
     let error = loop {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let outcome = store.finish_events(results, owner, now_millis()).await;
         metrics.store_call(op::FINISH_EVENTS, started);
         batch.health.record(op::FINISH_EVENTS, &outcome);
@@ -414,39 +418,39 @@ fn metrics_for(metrics: &Metrics, evaluation: &Evaluation) {
 /// How often a rule that keeps failing is logged (each failure is in its event's record).
 const RULE_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Logs rules that failed in this batch: at most once per rule every [`RULE_ERROR_LOG_EVERY`],
-/// with how many failures that line stands for, so a rule broken for every event cannot flood
-/// the log.
-fn log_rule_errors(results: &[Finished]) {
+/// The log of rules that fail: at most one line per rule every [`RULE_ERROR_LOG_EVERY`], with
+/// how many failures that line stands for, so a rule broken for every event cannot flood the
+/// log. One per instance, shared by its processors.
+#[derive(Debug, Default)]
+pub(crate) struct RuleErrorLog {
     /// Per rule: when it was last logged, and failures since.
-    type Logged = HashMap<String, (Option<std::time::Instant>, u64)>;
-    static LAST: std::sync::OnceLock<Mutex<Logged>> = std::sync::OnceLock::new();
-    let mut last = LAST
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    for result in results {
-        let verdicts = result.record.get("verdicts").and_then(|v| v.as_array());
-        for verdict in verdicts
-            .into_iter()
-            .flatten()
-            .filter(|v| v.get("error").is_some())
-        {
-            let rule = verdict["rule"].as_str().unwrap_or("?").to_string();
-            let entry = last.entry(rule.clone()).or_insert((None, 0));
-            entry.1 += 1;
-            if entry
-                .0
-                .is_none_or(|at| at.elapsed() >= RULE_ERROR_LOG_EVERY)
-            {
-                tracing::warn!(
-                    %rule,
-                    event = result.event_id,
-                    error = %verdict["error"],
-                    failures = entry.1,
-                    "rule failed (failures counts this one and those not logged since the last line)"
-                );
-                *entry = (Some(std::time::Instant::now()), 0);
+    logged: Mutex<HashMap<String, (Option<Instant>, u64)>>,
+}
+
+impl RuleErrorLog {
+    /// Logs the rules that failed in a batch.
+    fn log(&self, results: &[Finished]) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        for result in results {
+            for verdict in &result.record.verdicts {
+                let Some(error) = &verdict.error else {
+                    continue;
+                };
+                let entry = logged.entry(verdict.rule.clone()).or_insert((None, 0));
+                entry.1 += 1;
+                if entry
+                    .0
+                    .is_none_or(|at| at.elapsed() >= RULE_ERROR_LOG_EVERY)
+                {
+                    tracing::warn!(
+                        rule = %verdict.rule,
+                        event = result.event_id,
+                        %error,
+                        failures = entry.1,
+                        "rule failed (failures counts this one and those not logged since the last line)"
+                    );
+                    *entry = (Some(Instant::now()), 0);
+                }
             }
         }
     }

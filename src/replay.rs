@@ -6,7 +6,7 @@
 use crate::evaluation::{HistoricCounters, finished, on_evaluation_thread};
 use crate::rules::whatif::{Comparison, EventRef, Report};
 use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
-use crate::store::{EventQuery, Store, StoreError, StoredEvent, Unreadable};
+use crate::store::{EvaluationRecord, EventQuery, Store, StoreError, StoredEvent, Unreadable};
 use crate::time::{Millis, now_millis};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -144,7 +144,8 @@ pub(crate) async fn replay(
     let evaluated = evaluate_all(store.clone(), rules.current(), events).await?;
     let mut replayed = Vec::with_capacity(evaluated.len());
     for (event, evaluation) in evaluated {
-        let record = finished(event.id, event.received_at, evaluation.clone());
+        let record = finished(event.id, event.received_at, &evaluation)
+            .map_err(|e| ReplayError::Evaluation(format!("event {}: {e}", event.id)))?;
         let actions = record
             .jobs
             .iter()
@@ -276,24 +277,41 @@ pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfRe
         let (page, skipped) = readable(page);
         unreadable.extend(skipped);
         let ids: Vec<i64> = page.iter().map(|e| e.id).collect();
-        let stored: HashMap<i64, serde_json::Value> = store
+        // Each evaluated event's record, or why it cannot be read back.
+        let stored: HashMap<i64, Result<EvaluationRecord, String>> = store
             .list_evaluations(&ids)
             .await?
             .into_iter()
-            .filter_map(|(id, evaluation)| Some((id, evaluation.record?)))
+            .filter_map(|(id, evaluation)| match evaluation.unreadable {
+                Some(reason) => Some((id, Err(reason))),
+                None => evaluation.record.map(|record| (id, Ok(record))),
+            })
             .collect();
-        let (with_record, without): (Vec<StoredEvent>, Vec<StoredEvent>) =
-            page.into_iter().partition(|e| stored.contains_key(&e.id));
-        without.iter().for_each(|_| comparison.skip());
+        let mut with_record = Vec::new();
+        for event in page {
+            match stored.get(&event.id) {
+                Some(Ok(_)) => with_record.push(event),
+                Some(Err(reason)) => unreadable.push(Unreadable {
+                    id: event.id,
+                    reason: reason.clone(),
+                }),
+                None => comparison.skip(),
+            }
+        }
         for (event, evaluation) in evaluate_all(store.clone(), ruleset.clone(), with_record).await?
         {
+            let Some(Ok(record)) = stored.get(&event.id) else {
+                continue;
+            };
             let reference = EventRef {
                 event_id: event.id,
                 received_at: event.received_at,
                 customer_phone: event.event.customer_phone.clone(),
                 outcome: event.event.outcome.map(|o| o.as_str().to_string()),
             };
-            comparison.add(reference, &stored[&event.id], &evaluation);
+            let matched = record.verdicts.iter().filter(|v| v.matched);
+            let matched = matched.map(|v| (v.rule.as_str(), v.actions.as_slice()));
+            comparison.add(reference, matched, &evaluation);
         }
     }
     let names: Vec<String> = ruleset.rules().iter().map(|r| r.name.clone()).collect();

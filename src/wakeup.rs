@@ -3,7 +3,7 @@
 //! that kind, and on PostgreSQL both by the store's LISTEN/NOTIFY when another instance queued
 //! the work.
 
-use crate::store::Wakeup;
+use crate::store::{JobKind, Wakeup};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
@@ -14,17 +14,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 // `pub` only because `api::AppState` holds one: the module is private, so nothing outside
 // the crate can name it.
-pub struct Wakers(BTreeMap<&'static str, Arc<Notify>>);
+pub struct Wakers(BTreeMap<JobKind, Arc<Notify>>);
 
 impl Wakers {
     /// The wake-up of `kind`'s worker (made on first use).
-    pub(crate) fn of(&mut self, kind: &'static str) -> Arc<Notify> {
+    pub(crate) fn of(&mut self, kind: JobKind) -> Arc<Notify> {
         self.0.entry(kind).or_default().clone()
     }
 
     /// Wakes the worker of `kind`, if there is one.
-    pub(crate) fn wake(&self, kind: &str) {
-        if let Some(notify) = self.0.get(kind) {
+    pub(crate) fn wake(&self, kind: JobKind) {
+        if let Some(notify) = self.0.get(&kind) {
             notify.notify_one();
         }
     }

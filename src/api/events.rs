@@ -6,7 +6,8 @@ use super::{ApiError, AppState};
 use super::{Path, Query};
 use crate::event::{CallEvent, Warning};
 use crate::store::{
-    EventQuery, Millis, ProcessingState, StoredEvaluation, StoredEvent, Unreadable,
+    EvaluationRecord, EventQuery, JobStatus, Millis, ProcessingState, StoredEvaluation,
+    StoredEvent, Unreadable,
 };
 use axum::Json;
 use axum::extract::State;
@@ -73,51 +74,32 @@ pub struct RuleOutcome {
 }
 
 /// Each rule's verdict from the evaluation record and what became of its jobs (first run only).
-fn rule_outcomes(record: &serde_json::Value, jobs: &[JobView]) -> Vec<RuleOutcome> {
+fn rule_outcomes(record: &EvaluationRecord, jobs: &[JobView]) -> Vec<RuleOutcome> {
     let held_back = |rule: &str| {
         jobs.iter()
             .map(|j| &j.job)
-            .filter(|j| j.rule == rule && !j.idempotency_key.contains(":replay-"))
-            .find(|j| matches!(j.status.as_str(), "suppressed" | "muted"))
-            .map(|j| (j.status.clone(), j.note.clone()))
+            .filter(|j| j.rule == rule && j.replay_run.is_none())
+            .find(|j| matches!(j.status, JobStatus::Suppressed | JobStatus::Muted))
     };
-    let mut outcomes = Vec::new();
-    for verdict in record["verdicts"].as_array().into_iter().flatten() {
-        let rule = verdict["rule"].as_str().unwrap_or_default().to_string();
-        let outcome = if let Some(error) = verdict["error"].as_str() {
-            RuleOutcome {
-                rule,
-                verdict: "error",
-                detail: Some(error.to_string()),
-            }
-        } else {
-            match held_back(&rule) {
-                Some((status, note)) => RuleOutcome {
-                    rule,
-                    verdict: if status == "muted" {
-                        "muted"
-                    } else {
-                        "throttled"
-                    },
-                    detail: note,
-                },
-                None => RuleOutcome {
-                    rule,
-                    verdict: "matched",
-                    detail: None,
-                },
-            }
+    let verdicts = record.verdicts.iter().map(|recorded| {
+        let (verdict, detail) = match (&recorded.error, held_back(&recorded.rule)) {
+            (Some(error), _) => ("error", Some(error.clone())),
+            (None, Some(job)) if job.status == JobStatus::Muted => ("muted", job.note.clone()),
+            (None, Some(job)) => ("throttled", job.note.clone()),
+            (None, None) => ("matched", None),
         };
-        outcomes.push(outcome);
-    }
-    for rule in record["not_matched"].as_array().into_iter().flatten() {
-        outcomes.push(RuleOutcome {
-            rule: rule.as_str().unwrap_or_default().to_string(),
-            verdict: "not_matched",
-            detail: None,
-        });
-    }
-    outcomes
+        RuleOutcome {
+            rule: recorded.rule.clone(),
+            verdict,
+            detail,
+        }
+    });
+    let not_matched = record.not_matched.iter().map(|rule| RuleOutcome {
+        rule: rule.clone(),
+        verdict: "not_matched",
+        detail: None,
+    });
+    verdicts.chain(not_matched).collect()
 }
 
 impl EventView {

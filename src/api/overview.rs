@@ -48,7 +48,7 @@ pub async fn overview(
         .overview(since, now)
         .await
         .map_err(|e| ApiError::unavailable("reading the overview failed", &e))?;
-    let mut jobs: BTreeMap<String, i64> = super::work::JOB_STATUSES
+    let mut jobs: BTreeMap<String, i64> = crate::store::JobStatus::ALL
         .into_iter()
         .map(|s| (s.to_string(), 0))
         .collect();

@@ -4,7 +4,9 @@
 
 use super::{ApiError, AppState, JsonBody};
 use super::{Path, Query};
-use crate::store::{CallbackTask, StoredAttempt, StoredJob, TaskQuery};
+use crate::store::{
+    CallbackTask, JobStatus, StoredAttempt, StoredJob, TaskQuery, TaskStatus, TaskTransition,
+};
 use crate::time::now_millis;
 use axum::Json;
 use axum::body::Bytes;
@@ -52,6 +54,23 @@ fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError
     }
 }
 
+/// The `status` parameter, if given: one of `names`.
+fn status_of<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    names: &[&str],
+) -> Result<Option<T>, ApiError> {
+    let Some(raw) = params.get("status") else {
+        return Ok(None);
+    };
+    raw.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("`status` must be one of {}, got `{raw}`", names.join(", ")),
+        )
+        .with("parameter", "status")
+    })
+}
+
 fn store_error(e: crate::store::StoreError) -> ApiError {
     ApiError::unavailable("the store failed", &e)
 }
@@ -63,33 +82,12 @@ pub struct JobPage {
     pub next_before: Option<i64>,
 }
 
-/// Every status a job can be in.
-pub(super) const JOB_STATUSES: [&str; 7] = [
-    "pending",
-    "retrying",
-    "done",
-    "dead",
-    "suppressed",
-    "muted",
-    "cancelled",
-];
-
 pub async fn list_jobs(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JobPage>, ApiError> {
     only(&params, &["status", "before", "limit"])?;
-    let status = params.get("status").map(String::as_str);
-    if let Some(status) = status.filter(|s| !JOB_STATUSES.contains(s)) {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!(
-                "`status` must be one of {}, got `{status}`",
-                JOB_STATUSES.join(", ")
-            ),
-        )
-        .with("parameter", "status"));
-    }
+    let status = status_of(&params, &JobStatus::ALL.map(JobStatus::as_str))?;
     let before = params
         .get("before")
         .map(|raw| id_of(raw, "`before` job"))
@@ -192,24 +190,12 @@ async fn conflict_or_missing(state: &AppState, id: i64, rule: &str) -> ApiError 
     }
 }
 
-const TASK_STATUSES: [&str; 4] = ["open", "claimed", "done", "cancelled"];
-
 pub async fn list_tasks(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<CallbackTask>>, ApiError> {
     only(&params, &["status", "phone", "due_before", "limit"])?;
-    let status = params.get("status").cloned();
-    if let Some(status) = status.as_deref().filter(|s| !TASK_STATUSES.contains(s)) {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!(
-                "`status` must be one of {}, got `{status}`",
-                TASK_STATUSES.join(", ")
-            ),
-        )
-        .with("parameter", "status"));
-    }
+    let status = status_of(&params, &TaskStatus::ALL.map(TaskStatus::as_str))?;
     let due_before = params
         .get("due_before")
         .map(|raw| {
@@ -271,7 +257,8 @@ pub async fn claim_task(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ClaimBody>,
 ) -> Result<Json<CallbackTask>, ApiError> {
-    move_task(state, &id, &["open"], "claimed", Some(&body.agent), None).await
+    let agent = Some(body.agent.as_str());
+    move_task(state, &id, TaskTransition::Claim, agent, None).await
 }
 
 pub async fn complete_task(
@@ -282,8 +269,7 @@ pub async fn complete_task(
     move_task(
         state,
         &id,
-        &["open", "claimed"],
-        "done",
+        TaskTransition::Complete,
         None,
         Some(&body.outcome),
     )
@@ -298,8 +284,7 @@ pub async fn cancel_task(
     move_task(
         state,
         &id,
-        &["open", "claimed"],
-        "cancelled",
+        TaskTransition::Cancel,
         None,
         Some(&body.outcome),
     )
@@ -309,15 +294,14 @@ pub async fn cancel_task(
 async fn move_task(
     State(state): State<AppState>,
     raw_id: &str,
-    from: &[&str],
-    to: &str,
+    transition: TaskTransition,
     agent: Option<&str>,
     outcome: Option<&str>,
 ) -> Result<Json<CallbackTask>, ApiError> {
     let id = id_of(raw_id, "callback task")?;
     let moved = state
         .store
-        .update_callback_task(id, from, to, agent, outcome, now_millis())
+        .update_callback_task(id, transition, agent, outcome, now_millis())
         .await
         .map_err(store_error)?;
     let task = state
@@ -331,9 +315,10 @@ async fn move_task(
             StatusCode::CONFLICT,
             "conflict",
             format!(
-                "callback task {id} is {}; it can become {to} only from {}",
+                "callback task {id} is {}; it can become {} only from {}",
                 task.status,
-                from.join(" or ")
+                transition.to(),
+                transition.from_names()
             ),
         ));
     }

@@ -2,14 +2,15 @@
 
 use super::time;
 use clap::Subcommand;
+use switchboard::store::JobStatus;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsAction {
     /// Newest first
     List {
-        /// pending, retrying, done, dead, suppressed or cancelled
+        /// pending, retrying, done, dead, suppressed, muted or cancelled
         #[arg(long)]
-        status: Option<String>,
+        status: Option<JobStatus>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -33,7 +34,7 @@ pub async fn run(url: String, action: JobsAction) -> anyhow::Result<()> {
                 "{:>8}  {:<10}  {:<20}  {:>8}  {:<19}  rule / note",
                 "id", "status", "kind", "attempts", "next or finished"
             );
-            for job in store.list_jobs(status.as_deref(), None, limit).await? {
+            for job in store.list_jobs(status, None, limit).await? {
                 let when = job
                     .finished_at
                     .map(time)

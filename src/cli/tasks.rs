@@ -2,6 +2,7 @@
 
 use super::time;
 use clap::Subcommand;
+use switchboard::store::{TaskStatus, TaskTransition};
 
 #[derive(Debug, Subcommand)]
 pub enum TasksAction {
@@ -9,7 +10,7 @@ pub enum TasksAction {
     List {
         /// open, claimed, done or cancelled
         #[arg(long, default_value = "open")]
-        status: String,
+        status: TaskStatus,
         #[arg(long)]
         phone: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -39,7 +40,7 @@ pub enum TasksAction {
 pub async fn run(url: String, action: TasksAction) -> anyhow::Result<()> {
     let store = switchboard::store::open(&url).await?;
     let now = switchboard::time::now_millis();
-    let (id, from, to, agent, outcome) = match action {
+    let (id, transition, agent, outcome) = match action {
         TasksAction::List {
             status,
             phone,
@@ -76,27 +77,21 @@ pub async fn run(url: String, action: TasksAction) -> anyhow::Result<()> {
             store.close().await;
             return Ok(());
         }
-        TasksAction::Claim { id, agent } => (id, &["open"][..], "claimed", Some(agent), None),
+        TasksAction::Claim { id, agent } => (id, TaskTransition::Claim, Some(agent), None),
         TasksAction::Complete { id, outcome } => {
-            (id, &["open", "claimed"][..], "done", None, Some(outcome))
+            (id, TaskTransition::Complete, None, Some(outcome))
         }
-        TasksAction::Cancel { id, outcome } => (
-            id,
-            &["open", "claimed"][..],
-            "cancelled",
-            None,
-            Some(outcome),
-        ),
+        TasksAction::Cancel { id, outcome } => (id, TaskTransition::Cancel, None, Some(outcome)),
     };
     let moved = store
-        .update_callback_task(id, from, to, agent.as_deref(), outcome.as_deref(), now)
+        .update_callback_task(id, transition, agent.as_deref(), outcome.as_deref(), now)
         .await?;
     store.close().await;
     anyhow::ensure!(
         moved,
         "callback task {id} is not {} (or does not exist)",
-        from.join(" or ")
+        transition.from_names()
     );
-    println!("callback task {id} is {to}");
+    println!("callback task {id} is {}", transition.to());
     Ok(())
 }

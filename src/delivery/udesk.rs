@@ -230,7 +230,7 @@ mod tests {
             id: 7,
             phone: "13666666666".into(),
             customer_name: None,
-            status: "open".into(),
+            status: crate::store::TaskStatus::Open,
             priority: 2,
             due_at: 0,
             reasons: serde_json::json!([{ "reason": "abandoned after 95 s", "event_id": 1 }]),

@@ -8,7 +8,7 @@
 use super::retry::{AttemptResult, Decision, Schedule, decide};
 use crate::health::{Backoff, WriteHealth, op};
 use crate::metrics::{AttemptLabels, KindLabels, Metrics};
-use crate::store::{AttemptRecord, FinishedAttempt, JobNext, Lease, Store, StoredJob};
+use crate::store::{AttemptRecord, FinishedAttempt, JobKind, JobNext, Lease, Store, StoredJob};
 use crate::time::now_millis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// Runs one attempt of a job of one kind.
 #[async_trait::async_trait]
 pub(crate) trait Deliver: Send + Sync + 'static {
-    /// The job kind this deliverer runs (`webhook`, `email`).
-    fn kind(&self) -> &'static str;
+    /// The job kind this deliverer runs.
+    fn kind(&self) -> JobKind;
     /// One attempt: its result, and the HTTP status or SMTP code when there was one.
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>);
 
@@ -85,7 +85,7 @@ pub(crate) async fn run(
             owner: config.owner.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
-            kind: deliver.kind(),
+            kind: deliver.kind().as_str(),
             lease: config.lease,
             shutdown: shutdown.clone(),
         },
@@ -128,7 +128,7 @@ pub(crate) async fn run(
                 jobs
             }
             Err(error) => {
-                tracing::error!(%error, kind = deliver.kind(), "claiming jobs failed; will retry");
+                tracing::error!(%error, kind = deliver.kind().as_str(), "claiming jobs failed; will retry");
                 drop(permits);
                 // Not the wake-up: new jobs would have it retry at once.
                 tokio::select! {

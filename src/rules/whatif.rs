@@ -95,15 +95,24 @@ impl Comparison {
         self.report.events_skipped += 1;
     }
 
-    /// Compares one event: its stored evaluation record and the candidate's evaluation.
-    pub(crate) fn add(
+    /// Compares one event: the rules its stored evaluation record says matched (each with the
+    /// actions recorded) and the candidate's evaluation.
+    pub(crate) fn add<'a>(
         &mut self,
         event: EventRef,
-        stored: &serde_json::Value,
+        stored: impl IntoIterator<Item = (&'a str, &'a [serde_json::Value])>,
         candidate: &Evaluation,
     ) {
         self.report.events_compared += 1;
-        let before = stored_effects(stored);
+        let before: RuleEffects = stored
+            .into_iter()
+            .map(|(rule, actions)| {
+                (
+                    rule.to_string(),
+                    actions.iter().map(|a| a.to_string()).collect(),
+                )
+            })
+            .collect();
         let mut after = RuleEffects::new();
         for verdict in &candidate.verdicts {
             if verdict.error.is_some() {
@@ -193,25 +202,6 @@ impl Comparison {
     }
 }
 
-/// The matched rules and their actions, from a stored evaluation record.
-fn stored_effects(record: &serde_json::Value) -> RuleEffects {
-    let verdicts = record.get("verdicts").and_then(|v| v.as_array());
-    verdicts
-        .into_iter()
-        .flatten()
-        .filter(|v| v.get("matched") == Some(&serde_json::Value::Bool(true)))
-        .filter_map(|v| {
-            let rule = v.get("rule")?.as_str()?.to_string();
-            let actions = v
-                .get("actions")
-                .and_then(|a| a.as_array())
-                .map(|a| a.iter().map(|x| x.to_string()).collect())
-                .unwrap_or_default();
-            Some((rule, actions))
-        })
-        .collect()
-}
-
 /// How many of `a` are not matched by one of `b` (multiset difference size).
 fn multiset_minus(a: &[String], b: &[String]) -> u64 {
     let mut left: Vec<&String> = b.iter().collect();
@@ -282,25 +272,32 @@ mod tests {
 
     #[test]
     fn newly_matching_stopping_and_changed_actions_are_counted_per_rule() {
-        let stored =
-            |verdicts: Vec<RuleVerdict>| serde_json::to_value(evaluation(verdicts)).unwrap();
+        // As the stored record has them: the matched rules, each with its actions.
+        let stored = |verdicts: Vec<RuleVerdict>| -> Vec<(String, Vec<serde_json::Value>)> {
+            let actions = |v: &RuleVerdict| v.actions.iter().map(|a| json!(a)).collect();
+            let matched = verdicts.iter().filter(|v| v.matched);
+            matched.map(|v| (v.rule.clone(), actions(v))).collect()
+        };
+        fn matched(s: &[(String, Vec<serde_json::Value>)]) -> Vec<(&str, &[serde_json::Value])> {
+            s.iter().map(|(r, a)| (r.as_str(), a.as_slice())).collect()
+        }
         let mut cmp = Comparison::new(1);
         // Event 1: `a` matched before and still does, same action: no change.
         cmp.add(
             event(1),
-            &stored(vec![verdict("a", true, vec![hook(1)])]),
+            matched(&stored(vec![verdict("a", true, vec![hook(1)])])),
             &evaluation(vec![verdict("a", true, vec![hook(1)])]),
         );
         // Event 2: `a` stops matching, `b` newly matches.
         cmp.add(
             event(2),
-            &stored(vec![verdict("a", true, vec![hook(2)])]),
+            matched(&stored(vec![verdict("a", true, vec![hook(2)])])),
             &evaluation(vec![verdict("b", true, vec![hook(2), hook(3)])]),
         );
         // Event 3: `a` matches with a different action; another newly-matching `b` (example cap 1).
         cmp.add(
             event(3),
-            &stored(vec![verdict("a", true, vec![hook(3)])]),
+            matched(&stored(vec![verdict("a", true, vec![hook(3)])])),
             &evaluation(vec![
                 verdict("a", true, vec![hook(4)]),
                 verdict("b", true, vec![]),

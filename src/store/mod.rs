@@ -155,7 +155,7 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_jobs(
         &self,
         lease: &Lease,
-        kind: &str,
+        kind: JobKind,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError>;
 
@@ -174,7 +174,7 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs, newest first: all, or those with `status`; `before_id` pages.
     async fn list_jobs(
         &self,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError>;
@@ -188,8 +188,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a job that has not succeeded (pending, retrying or dead). False otherwise.
     async fn cancel_job(&self, id: i64, note: &str, now: Millis) -> Result<bool, StoreError>;
 
-    /// Queues the jobs of a real replay of an event, keyed `{event}:{index}:{rule}:{run}` so
-    /// that they never collide with the first run's or another replay's. Mutes apply; throttles
+    /// Queues the jobs of a real replay of an event, marked with the run (`replay_run`) and
+    /// keyed `{event}:{index}:{rule}:{run}` so that they never collide with the first run's or
+    /// another replay's. Mutes apply; throttles
     /// do not (a replay is an operator's decision). Returns how many were queued.
     async fn insert_replay_jobs(
         &self,
@@ -227,13 +228,12 @@ pub trait Store: Send + Sync + 'static {
     /// One callback task.
     async fn get_callback_task(&self, id: i64) -> Result<Option<CallbackTask>, StoreError>;
 
-    /// Moves a task to `status` (`claimed`, `done` or `cancelled`) from one of `from`, recording
-    /// the agent (claims) or outcome. False when the task is not in one of `from`.
+    /// Moves a task as `transition` says, recording the agent (claims) or outcome. False when
+    /// the task is not in one of the statuses it moves from.
     async fn update_callback_task(
         &self,
         id: i64,
-        from: &[&str],
-        status: &str,
+        transition: TaskTransition,
         agent: Option<&str>,
         outcome: Option<&str>,
         now: Millis,

@@ -2,6 +2,7 @@
 //! back (events, evaluations, jobs and their attempts, callback tasks, mutes, instances, the
 //! console's counts). Times are unix milliseconds (UTC).
 
+pub use crate::action::{JobKind, UnknownName};
 use crate::event::{CallEvent, Warning};
 use serde::{Deserialize, Serialize};
 
@@ -183,7 +184,7 @@ pub struct Finished {
     /// The version of the rule set the event was evaluated against.
     pub ruleset_version: String,
     /// The evaluation record (each rule's verdict, actions, errors, timing).
-    pub record: serde_json::Value,
+    pub record: EvaluationRecord,
     /// The actions matching rules asked for.
     pub jobs: Vec<NewJob>,
     /// Throttles of the rules that matched: a rule whose window for the key is still open gets
@@ -207,7 +208,7 @@ pub struct NewJob {
     pub rule: String,
     /// The action's position in the rule's list: with the event and rule, its identity.
     pub action_index: u32,
-    pub kind: String,
+    pub kind: JobKind,
     /// The fully rendered action (JSON).
     pub spec: serde_json::Value,
 }
@@ -219,13 +220,55 @@ impl NewJob {
     }
 }
 
+/// The record an evaluation leaves: what `rules::Evaluation` serializes to, read back typed
+/// (the store knows its shape, not the rules engine). Fields older records may lack default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationRecord {
+    #[serde(default)]
+    pub ruleset_version: String,
+    /// How many rules ran.
+    #[serde(default)]
+    pub evaluated: u64,
+    /// The rules that matched or failed.
+    #[serde(default)]
+    pub verdicts: Vec<RecordedVerdict>,
+    /// Rules that ran and did not match (names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_matched: Vec<String>,
+    /// The windowed counters the rules hit (`{key, at_ms, window_ms, count}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counter_hits: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub elapsed_us: u64,
+}
+
+/// One rule's verdict in an [`EvaluationRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedVerdict {
+    pub rule: String,
+    #[serde(default)]
+    pub file: String,
+    #[serde(default)]
+    pub matched: bool,
+    /// The actions it asked for, as rendered (shown and compared, never run from here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A processed event's evaluation as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvaluation {
     pub processed_at: Millis,
     pub attempts: i64,
     pub ruleset_version: Option<String>,
-    pub record: Option<serde_json::Value>,
+    pub record: Option<EvaluationRecord>,
+    /// Why the stored record could not be read back, if it could not (`record` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 // Jobs and their attempts.
@@ -238,9 +281,9 @@ pub struct StoredJob {
     pub event_id: EventId,
     pub rule: String,
     pub action_index: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub spec: serde_json::Value,
-    pub status: String,
+    pub status: JobStatus,
     /// Why the job is in its status, e.g. the throttle that suppressed it.
     pub note: Option<String>,
     pub created_at: Millis,
@@ -250,17 +293,67 @@ pub struct StoredJob {
     pub next_attempt_at: Millis,
     /// When it ended (done or dead).
     pub finished_at: Option<Millis>,
+    /// The replay run that queued it (its key ends with it too); none for the jobs of the
+    /// event's own evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_run: Option<String>,
 }
 
-/// Job statuses, as stored.
-pub mod job_status {
-    pub const PENDING: &str = "pending";
-    pub const RETRYING: &str = "retrying";
-    pub const DONE: &str = "done";
-    pub const DEAD: &str = "dead";
-    pub const SUPPRESSED: &str = "suppressed";
-    pub const MUTED: &str = "muted";
-    pub const CANCELLED: &str = "cancelled";
+/// Where a job stands. Stored and shown by its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for its first attempt.
+    Pending,
+    /// Failed, and due again at `next_attempt_at`.
+    Retrying,
+    Done,
+    /// Dead-lettered: retried only by an operator.
+    Dead,
+    /// Not run: its rule's throttle window was open.
+    Suppressed,
+    /// Not run: an operator's mute was in force.
+    Muted,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Pending,
+        JobStatus::Retrying,
+        JobStatus::Done,
+        JobStatus::Dead,
+        JobStatus::Suppressed,
+        JobStatus::Muted,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Retrying => "retrying",
+            JobStatus::Done => "done",
+            JobStatus::Dead => "dead",
+            JobStatus::Suppressed => "suppressed",
+            JobStatus::Muted => "muted",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, UnknownName> {
+        UnknownName::find("job status", name, Self::ALL, Self::as_str)
+    }
 }
 
 /// One delivery attempt, as the worker saw it.
@@ -314,13 +407,10 @@ pub struct CallbackRequest {
     /// Higher is more urgent.
     pub priority: i64,
     pub due_at: Millis,
-    /// Queue a [`CALLBACK_DISPATCH_KIND`] job (in the same transaction) when this creates a task.
+    /// Queue a [`JobKind::CallbackDispatch`] job (in the same transaction) when this creates a
+    /// task.
     pub dispatch: bool,
 }
-
-/// The job kind that sends a new callback task out (Udesk's web callback API or a webhook).
-/// Its spec is `{"task_id": …}`.
-pub const CALLBACK_DISPATCH_KIND: &str = "callback_dispatch";
 
 /// What recording a call-back request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,8 +427,7 @@ pub struct CallbackTask {
     pub id: i64,
     pub phone: String,
     pub customer_name: Option<String>,
-    /// `open`, `claimed`, `done` or `cancelled`.
-    pub status: String,
+    pub status: TaskStatus,
     pub priority: i64,
     pub due_at: Millis,
     /// Why the task exists: `[{reason, event_id, rule, at}]`, oldest first.
@@ -350,10 +439,98 @@ pub struct CallbackTask {
     pub closed_at: Option<Millis>,
 }
 
+/// Where a callback task stands. Stored and shown by its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting for an agent; call-back requests for its phone merge into it.
+    Open,
+    /// An agent took it (requests still merge into it).
+    Claimed,
+    Done,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 4] = [
+        TaskStatus::Open,
+        TaskStatus::Claimed,
+        TaskStatus::Done,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Open => "open",
+            TaskStatus::Claimed => "claimed",
+            TaskStatus::Done => "done",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Done or cancelled: nothing happens to it any more.
+    pub fn is_closed(self) -> bool {
+        matches!(self, TaskStatus::Done | TaskStatus::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, UnknownName> {
+        UnknownName::find("task status", name, Self::ALL, Self::as_str)
+    }
+}
+
+/// What an agent or operator does to a callback task: the task state machine (rules close
+/// tasks too, see `Store::close_callback_tasks_many`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskTransition {
+    /// Open → claimed, recording the agent.
+    Claim,
+    /// Open or claimed → done, recording the outcome.
+    Complete,
+    /// Open or claimed → cancelled, recording the outcome.
+    Cancel,
+}
+
+impl TaskTransition {
+    /// The statuses it moves a task from.
+    pub fn from(self) -> &'static [TaskStatus] {
+        match self {
+            TaskTransition::Claim => &[TaskStatus::Open],
+            TaskTransition::Complete | TaskTransition::Cancel => {
+                &[TaskStatus::Open, TaskStatus::Claimed]
+            }
+        }
+    }
+
+    /// The status it moves a task to.
+    pub fn to(self) -> TaskStatus {
+        match self {
+            TaskTransition::Claim => TaskStatus::Claimed,
+            TaskTransition::Complete => TaskStatus::Done,
+            TaskTransition::Cancel => TaskStatus::Cancelled,
+        }
+    }
+
+    /// `from()` as text: `open or claimed`.
+    pub fn from_names(self) -> String {
+        let names: Vec<&str> = self.from().iter().map(|s| s.as_str()).collect();
+        names.join(" or ")
+    }
+}
+
 /// Filters for listing callback tasks; all given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct TaskQuery {
-    pub status: Option<String>,
+    pub status: Option<TaskStatus>,
     pub phone: Option<String>,
     /// Due before this time.
     pub due_before: Option<Millis>,

@@ -224,7 +224,7 @@ impl Store for PostgresStore {
     async fn claim_jobs(
         &self,
         lease: &Lease,
-        kind: &str,
+        kind: JobKind,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError> {
         let claimed: Vec<(i64,)> = sqlx::query_as(
@@ -236,7 +236,7 @@ impl Store for PostgresStore {
         .bind(&lease.owner)
         .bind(lease.until)
         .bind(lease.now)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -261,7 +261,7 @@ impl Store for PostgresStore {
 
     async fn list_jobs(
         &self,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError> {
@@ -322,13 +322,12 @@ impl Store for PostgresStore {
     async fn update_callback_task(
         &self,
         id: i64,
-        from: &[&str],
-        status: &str,
+        transition: TaskTransition,
         agent: Option<&str>,
         outcome: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        Sql::update_callback_task(&self.pool, id, from, status, agent, outcome, now).await
+        Sql::update_callback_task(&self.pool, id, transition, agent, outcome, now).await
     }
 
     // The console: its overview, mutes, running instances.

@@ -344,7 +344,7 @@ impl Store for SqliteStore {
     async fn claim_jobs(
         &self,
         lease: &Lease,
-        kind: &str,
+        kind: JobKind,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError> {
         let claimed: Vec<(i64,)> = sqlx::query_as(
@@ -356,7 +356,7 @@ impl Store for SqliteStore {
         .bind(&lease.owner)
         .bind(lease.until)
         .bind(lease.now)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
@@ -381,7 +381,7 @@ impl Store for SqliteStore {
 
     async fn list_jobs(
         &self,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError> {
@@ -442,13 +442,12 @@ impl Store for SqliteStore {
     async fn update_callback_task(
         &self,
         id: i64,
-        from: &[&str],
-        status: &str,
+        transition: TaskTransition,
         agent: Option<&str>,
         outcome: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        Sql::update_callback_task(&self.writer, id, from, status, agent, outcome, now).await
+        Sql::update_callback_task(&self.writer, id, transition, agent, outcome, now).await
     }
 
     // The console: its overview, mutes, running instances.

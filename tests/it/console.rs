@@ -302,6 +302,9 @@ async fn replay_dry_and_real_never_collides_with_the_first_run() {
         jobs.iter()
             .any(|j| j["idempotency_key"].as_str().unwrap().ends_with(&run))
     );
+    // The replayed job is marked with its run; the first run's is not.
+    let runs: Vec<&Value> = jobs.iter().map(|j| &j["replay_run"]).collect();
+    assert_eq!(runs, [&Value::Null, &json!(run)], "{trace}");
     assert!(jobs.iter().all(|j| j["status"] == "done"), "{trace}");
 
     // A range, dry.

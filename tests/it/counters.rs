@@ -113,7 +113,7 @@ async fn evaluations(store: &dyn Store, ids: &[i64]) -> HashMap<i64, Value> {
         if found.len() == ids.len() {
             return found
                 .into_iter()
-                .map(|(id, evaluation)| (id, evaluation.record.unwrap()))
+                .map(|(id, evaluation)| (id, json!(evaluation.record.unwrap())))
                 .collect();
         }
         assert!(

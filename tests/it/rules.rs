@@ -830,7 +830,7 @@ async fn matches_become_one_callback_task_per_phone_closed_when_the_customer_is_
         async move {
             store
                 .list_callback_tasks(&switchboard::store::TaskQuery {
-                    status: Some(status.into()),
+                    status: Some(status.parse().unwrap()),
                     limit: 10,
                     ..Default::default()
                 })

@@ -4,7 +4,8 @@ use serde_json::json;
 use std::sync::Arc;
 use switchboard::event::{decode, dedupe_key, parse_body};
 use switchboard::store::{
-    self, EventQuery, Finished, Lease, NewEvent, NewJob, ProcessingState, RuleThrottle, Store,
+    self, EventQuery, Finished, JobKind, JobStatus, Lease, NewEvent, NewJob, ProcessingState,
+    RuleThrottle, Store, TaskStatus,
 };
 
 /// Each backend under test, freshly created: a SQLite file, and a PostgreSQL database.
@@ -87,7 +88,7 @@ fn done(event_id: i64) -> Finished {
     Finished {
         event_id,
         ruleset_version: "v1".into(),
-        record: json!({"verdicts": []}),
+        record: Default::default(),
         jobs: Vec::new(),
         throttles: Vec::new(),
     }
@@ -300,7 +301,7 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
         let job = |rule: &str, index: u32| NewJob {
             rule: rule.into(),
             action_index: index,
-            kind: "email".into(),
+            kind: JobKind::Email,
             spec: json!({"kind": "email", "to": ["ops@example.com"], "subject": "放弃排队"}),
         };
         // Hits are recorded while an event is evaluated, before it is finished; an event
@@ -334,7 +335,8 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
 
         let evaluation = store.get_evaluation(ids[1]).await.unwrap().unwrap();
         assert_eq!(evaluation.ruleset_version.as_deref(), Some("v1"), "{name}");
-        assert_eq!(evaluation.record, Some(json!({"verdicts": []})), "{name}");
+        assert_eq!(evaluation.record, Some(Default::default()), "{name}");
+        assert_eq!(evaluation.unreadable, None, "{name}");
         assert_eq!(evaluation.processed_at, 1_500, "{name}");
         let jobs = store.list_event_jobs(ids[1]).await.unwrap();
         let keys: Vec<&str> = jobs.iter().map(|j| j.idempotency_key.as_str()).collect();
@@ -345,7 +347,7 @@ async fn finishing_records_evaluation_counters_and_jobs_once() {
         ];
         assert_eq!(keys, expected, "{name}");
         assert_eq!(jobs[0].spec["subject"], "放弃排队", "{name}");
-        assert_eq!(jobs[0].status, "pending", "{name}");
+        assert_eq!(jobs[0].status, JobStatus::Pending, "{name}");
         // One hit per key and event, however often the evaluation counted it.
         assert_eq!(store.count_hits("abandoned", 0).await.unwrap(), 3, "{name}");
         assert_eq!(
@@ -421,7 +423,7 @@ async fn throttles_suppress_repeats_within_the_window() {
             jobs: vec![NewJob {
                 rule: "r".into(),
                 action_index: 0,
-                kind: "callback_task".into(),
+                kind: JobKind::CallbackTask,
                 spec: json!({"kind": "callback_task", "phone": key}),
             }],
             throttles: vec![RuleThrottle {
@@ -445,8 +447,8 @@ async fn throttles_suppress_repeats_within_the_window() {
         let mut statuses = Vec::new();
         for id in &ids {
             let jobs = store.list_event_jobs(*id).await.unwrap();
-            statuses.push(jobs[0].status.clone());
-            if jobs[0].status == "suppressed" {
+            statuses.push(jobs[0].status.as_str());
+            if jobs[0].status == JobStatus::Suppressed {
                 assert!(
                     jobs[0].note.as_deref().unwrap().contains("throttled"),
                     "{name}"
@@ -476,7 +478,7 @@ async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
         let job = |kind: &str, index: u32| NewJob {
             rule: "r".into(),
             action_index: index,
-            kind: kind.into(),
+            kind: kind.parse().unwrap(),
             spec: json!({"kind": kind}),
         };
         let results = vec![
@@ -492,19 +494,19 @@ async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
         store.finish_events(&results, "p", 1).await.unwrap();
 
         let claimed = store
-            .claim_jobs(&lease("w1", 10), "webhook", 10)
+            .claim_jobs(&lease("w1", 10), JobKind::Webhook, 10)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2, "{name}");
         assert!(
             claimed
                 .iter()
-                .all(|j| j.kind == "webhook" && j.attempts == 0),
+                .all(|j| j.kind == JobKind::Webhook && j.attempts == 0),
             "{name}"
         );
         assert!(
             store
-                .claim_jobs(&lease("w2", 11), "webhook", 10)
+                .claim_jobs(&lease("w2", 11), JobKind::Webhook, 10)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -559,14 +561,14 @@ async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
         );
         assert!(
             store
-                .claim_jobs(&lease("w2", 499), "webhook", 10)
+                .claim_jobs(&lease("w2", 499), JobKind::Webhook, 10)
                 .await
                 .unwrap()
                 .is_empty(),
             "not due yet: {name}"
         );
         let again = store
-            .claim_jobs(&lease("w2", 500), "webhook", 10)
+            .claim_jobs(&lease("w2", 500), JobKind::Webhook, 10)
             .await
             .unwrap();
         assert_eq!(
@@ -609,7 +611,7 @@ async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
         // Other kinds are claimed separately: one dead webhook target holds up no email.
         assert_eq!(
             store
-                .claim_jobs(&lease("m", 600), "email", 10)
+                .claim_jobs(&lease("m", 600), JobKind::Email, 10)
                 .await
                 .unwrap()
                 .len(),
@@ -619,7 +621,7 @@ async fn jobs_are_claimed_when_due_and_attempts_recorded_once() {
         // A worker that died: its lease expires and another takes the job.
         assert_eq!(
             store
-                .claim_jobs(&lease("m2", 1_601), "email", 10)
+                .claim_jobs(&lease("m2", 1_601), JobKind::Email, 10)
                 .await
                 .unwrap()
                 .len(),
@@ -680,7 +682,7 @@ async fn one_open_callback_task_per_phone_merging_requests() {
 
         let open = store
             .list_callback_tasks(&switchboard::store::TaskQuery {
-                status: Some("open".into()),
+                status: Some(TaskStatus::Open),
                 limit: 10,
                 ..Default::default()
             })
@@ -709,7 +711,7 @@ async fn one_open_callback_task_per_phone_merging_requests() {
         );
         let done = store
             .list_callback_tasks(&switchboard::store::TaskQuery {
-                status: Some("done".into()),
+                status: Some(TaskStatus::Done),
                 limit: 10,
                 ..Default::default()
             })
@@ -744,7 +746,7 @@ async fn one_open_callback_task_per_phone_merging_requests() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|j| j.kind == switchboard::store::CALLBACK_DISPATCH_KIND)
+            .filter(|j| j.kind == JobKind::CallbackDispatch)
             .map(|j| j.spec["task_id"].as_i64().unwrap())
             .collect();
         dispatched.sort();

@@ -4,7 +4,7 @@
 use crate::action::ActionRequest;
 use crate::delivery::retry::AttemptResult;
 use crate::delivery::worker::Deliver;
-use crate::store::{CallbackRequest, Store, StoreError, StoredJob};
+use crate::store::{CallbackRequest, JobKind, Store, StoreError, StoredJob};
 use crate::time::now_millis;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -14,14 +14,14 @@ use tokio::sync::Notify;
 pub(crate) struct CallbackDeliverer {
     pub(crate) store: Arc<dyn Store>,
     /// `callback_task` or `close_callback_tasks`.
-    pub(crate) kind: &'static str,
+    pub(crate) kind: JobKind,
     /// Set when new tasks are dispatched: woken when one is created.
     pub(crate) dispatch: Option<Arc<Notify>>,
 }
 
 #[async_trait::async_trait]
 impl Deliver for CallbackDeliverer {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> JobKind {
         self.kind
     }
 
@@ -57,7 +57,7 @@ impl Deliver for CallbackDeliverer {
                     reason,
                     due_in_secs,
                     priority,
-                }) if self.kind == "callback_task" => {
+                }) if self.kind == JobKind::CallbackTask => {
                     let due_in =
                         i64::try_from(due_in_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
                     requests.push(CallbackRequest {
@@ -73,7 +73,7 @@ impl Deliver for CallbackDeliverer {
                     results.push(None);
                 }
                 Ok(ActionRequest::CloseCallbackTasks { phone, note })
-                    if self.kind == "close_callback_tasks" =>
+                    if self.kind == JobKind::CloseCallbackTasks =>
                 {
                     let outcome = note.unwrap_or_else(|| format!("closed by rule {}", job.rule));
                     closes.push((phone, outcome));

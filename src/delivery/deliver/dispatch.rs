@@ -6,7 +6,7 @@ use crate::delivery::udesk;
 use crate::delivery::udesk::CallbackDispatch;
 use crate::delivery::webhook::{self, Clients};
 use crate::delivery::worker::Deliver;
-use crate::store::{CALLBACK_DISPATCH_KIND, Store, StoredJob};
+use crate::store::{JobKind, Store, StoredJob};
 use crate::time::now_millis;
 use std::sync::Arc;
 
@@ -21,8 +21,8 @@ pub(crate) struct DispatchDeliverer {
 
 #[async_trait::async_trait]
 impl Deliver for DispatchDeliverer {
-    fn kind(&self) -> &'static str {
-        CALLBACK_DISPATCH_KIND
+    fn kind(&self) -> JobKind {
+        JobKind::CallbackDispatch
     }
 
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {
@@ -42,7 +42,7 @@ impl Deliver for DispatchDeliverer {
                 return (result, None);
             }
         };
-        if matches!(task.status.as_str(), "done" | "cancelled") {
+        if task.status.is_closed() {
             let reason = format!(
                 "task {task_id} was {} before it was dispatched",
                 task.status

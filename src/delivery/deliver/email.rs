@@ -1,6 +1,6 @@
 //! Delivers `email` jobs: the message built from the job and sent.
 
-use crate::action::ActionRequest;
+use crate::action::{ActionRequest, JobKind};
 use crate::delivery::email::{Mailer, build_message};
 use crate::delivery::retry::AttemptResult;
 use crate::delivery::worker::Deliver;
@@ -14,8 +14,8 @@ pub(crate) struct EmailDeliverer {
 
 #[async_trait::async_trait]
 impl Deliver for EmailDeliverer {
-    fn kind(&self) -> &'static str {
-        "email"
+    fn kind(&self) -> JobKind {
+        JobKind::Email
     }
 
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {

@@ -1,7 +1,7 @@
 //! Delivers `webhook` jobs: the request prepared from the job (its body, by default the event
 //! and the rule that fired) and sent.
 
-use crate::action::ActionRequest;
+use crate::action::{ActionRequest, JobKind};
 use crate::delivery::address::AllowedUrl;
 use crate::delivery::retry::AttemptResult;
 use crate::delivery::webhook::WebhookTarget;
@@ -40,8 +40,8 @@ pub(crate) struct WebhookDeliverer {
 
 #[async_trait::async_trait]
 impl Deliver for WebhookDeliverer {
-    fn kind(&self) -> &'static str {
-        "webhook"
+    fn kind(&self) -> JobKind {
+        JobKind::Webhook
     }
 
     async fn attempt(&self, job: &StoredJob) -> (AttemptResult, Option<i64>) {

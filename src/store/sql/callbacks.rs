@@ -3,7 +3,7 @@
 
 use super::{Backend, RowsAffected, Sql, Storable};
 use crate::store::{
-    CALLBACK_DISPATCH_KIND, CallbackRequest, CallbackTask, Millis, StoreError, TaskQuery,
+    CallbackRequest, CallbackTask, JobKind, Millis, StoreError, TaskQuery, TaskTransition,
     UpsertedTask,
 };
 use sqlx::{ColumnIndex, Encode, Executor, Pool, QueryBuilder, Type};
@@ -47,12 +47,15 @@ struct TaskRow {
 impl TaskRow {
     /// The task without its reasons (they live in `callback_task_reasons`; see
     /// `Sql::with_reasons`).
-    fn into_stored(self) -> CallbackTask {
-        CallbackTask {
+    fn into_stored(self) -> Result<CallbackTask, StoreError> {
+        Ok(CallbackTask {
             id: self.id,
             phone: self.phone,
             customer_name: self.customer_name,
-            status: self.status,
+            status: self.status.parse().map_err(|e| StoreError::Corrupt {
+                what: "callback task",
+                message: format!("{e}"),
+            })?,
             priority: self.priority,
             due_at: self.due_at,
             reasons: serde_json::Value::Array(Vec::new()),
@@ -61,7 +64,7 @@ impl TaskRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             closed_at: self.closed_at,
-        }
+        })
     }
 }
 
@@ -114,7 +117,7 @@ where
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(row) = open {
-                    let current = row.into_stored();
+                    let current = row.into_stored()?;
                     sqlx::query(
                         "UPDATE callback_tasks SET priority = $1, due_at = $2, \
                          customer_name = COALESCE(customer_name, $3), updated_at = $4 WHERE id = $5",
@@ -158,7 +161,7 @@ where
                         .bind(format!("callback-task:{id}:dispatch"))
                         .bind(request.event_id)
                         .bind(&request.rule)
-                        .bind(CALLBACK_DISPATCH_KIND)
+                        .bind(JobKind::CallbackDispatch.as_str())
                         .bind(serde_json::json!({ "task_id": id }).to_string())
                         .bind(now)
                         .execute(&mut *tx)
@@ -221,13 +224,17 @@ where
         query: &TaskQuery,
     ) -> Result<Vec<CallbackTask>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(LIST_TASKS.as_str())
-            .bind(query.status.as_deref())
+            .bind(query.status.map(|s| s.as_str()))
             .bind(query.phone.as_deref())
             .bind(query.due_before)
             .bind(i64::from(query.limit))
             .fetch_all(pool)
             .await?;
-        Self::with_reasons(pool, rows.into_iter().map(TaskRow::into_stored).collect()).await
+        let tasks = rows
+            .into_iter()
+            .map(TaskRow::into_stored)
+            .collect::<Result<_, _>>()?;
+        Self::with_reasons(pool, tasks).await
     }
 
     pub(crate) async fn get_callback_task(
@@ -238,7 +245,7 @@ where
             .bind(id)
             .fetch_optional(pool)
             .await?;
-        let task = row.map(TaskRow::into_stored);
+        let task = row.map(TaskRow::into_stored).transpose()?;
         let tasks = Self::with_reasons(pool, task.into_iter().collect()).await?;
         Ok(tasks.into_iter().next())
     }
@@ -280,15 +287,14 @@ where
     pub(crate) async fn update_callback_task(
         writer: &Pool<DB>,
         id: i64,
-        from: &[&str],
-        status: &str,
+        transition: TaskTransition,
         agent: Option<&str>,
         outcome: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let closing = matches!(status, "done" | "cancelled");
+        let to = transition.to();
         let mut qb = QueryBuilder::new("UPDATE callback_tasks SET status = ");
-        qb.push_bind(status)
+        qb.push_bind(to.as_str())
             .push(", updated_at = ")
             .push_bind(now)
             .push(", claimed_by = COALESCE(")
@@ -296,13 +302,13 @@ where
             .push(", claimed_by), outcome = COALESCE(")
             .push_bind(outcome)
             .push(", outcome), closed_at = ")
-            .push_bind(closing.then_some(now))
+            .push_bind(to.is_closed().then_some(now))
             .push(" WHERE id = ")
             .push_bind(id)
             .push(" AND status IN (");
         let mut list = qb.separated(", ");
-        for state in from {
-            list.push_bind(*state);
+        for state in transition.from() {
+            list.push_bind(state.as_str());
         }
         qb.push(")");
         let done = DB::build(&mut qb).execute(writer).await?;

@@ -4,7 +4,7 @@
 //! SQLite in process (`sqlite_hits`).
 
 use super::{Backend, Sql, Storable};
-use crate::store::{EventId, Finished, Millis, RuleThrottle, StoreError};
+use crate::store::{EventId, Finished, JobStatus, Millis, RuleThrottle, StoreError};
 use sqlx::{ColumnIndex, Encode, Executor, Pool, QueryBuilder, Transaction, Type};
 use std::collections::{HashMap, HashSet};
 
@@ -107,7 +107,7 @@ where
     pub(crate) async fn apply_throttles(
         tx: &mut Transaction<'_, DB>,
         chunk: &[&Finished],
-        held_back: &mut HashMap<(EventId, String), (&'static str, String)>,
+        held_back: &mut HashMap<(EventId, String), (JobStatus, String)>,
     ) -> Result<(), StoreError> {
         // Throttles apply in event order, so a later event of the batch sees an earlier one's:
         // round n opens the n-th request of each (rule, key) in one statement (keys are
@@ -144,7 +144,7 @@ where
                         "throttled: `{}` already acted for key `{}` within its window",
                         t.rule, t.key
                     );
-                    held_back.insert((event_id, t.rule.clone()), ("suppressed", note));
+                    held_back.insert((event_id, t.rule.clone()), (JobStatus::Suppressed, note));
                 }
             }
         }

@@ -24,20 +24,24 @@ struct EvaluationRow {
 }
 
 impl EvaluationRow {
-    fn into_stored(self) -> Result<StoredEvaluation, StoreError> {
-        Ok(StoredEvaluation {
+    /// The stored evaluation. A record that cannot be read back still loads: without its
+    /// record, with `unreadable` saying why, to be flagged by the caller.
+    fn into_stored(self) -> StoredEvaluation {
+        let (record, unreadable) = match self.record.as_deref().map(serde_json::from_str) {
+            None => (None, None),
+            Some(Ok(record)) => (Some(record), None),
+            Some(Err(e)) => (
+                None,
+                Some(format!("the evaluation record could not be read back: {e}")),
+            ),
+        };
+        StoredEvaluation {
             processed_at: self.processed_at,
             attempts: self.attempts,
             ruleset_version: self.ruleset_version,
-            record: self
-                .record
-                .map(|r| serde_json::from_str(&r))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt {
-                    what: "evaluation record",
-                    message: e.to_string(),
-                })?,
-        })
+            record,
+            unreadable,
+        }
     }
 }
 
@@ -132,19 +136,16 @@ where
         finished: &'a [&'a Finished],
         now: Millis,
     ) -> Option<QueryBuilder<'a, DB>> {
-        let verdicts: Vec<(EventId, String, &'static str)> = finished
+        let verdicts: Vec<(EventId, &str, &'static str)> = finished
             .iter()
             .flat_map(|f| {
-                let listed = f.record.get("verdicts").and_then(|v| v.as_array());
-                listed.into_iter().flatten().filter_map(|v| {
-                    let rule = v.get("rule")?.as_str()?.to_string();
-                    if v.get("error").is_some_and(|e| !e.is_null()) {
-                        Some((f.event_id, rule, "error"))
-                    } else if v.get("matched") == Some(&serde_json::Value::Bool(true)) {
-                        Some((f.event_id, rule, "matched"))
-                    } else {
-                        None
-                    }
+                f.record.verdicts.iter().filter_map(|v| {
+                    let verdict = match (&v.error, v.matched) {
+                        (Some(_), _) => "error",
+                        (None, true) => "matched",
+                        (None, false) => return None,
+                    };
+                    Some((f.event_id, v.rule.as_str(), verdict))
                 })
             })
             .collect();
@@ -170,7 +171,7 @@ where
             .bind(event_id)
             .fetch_optional(pool)
             .await?;
-        row.map(EvaluationRow::into_stored).transpose()
+        Ok(row.map(EvaluationRow::into_stored))
     }
 
     /// Evaluations of the given events (those that have one), 500 ids per statement.
@@ -192,7 +193,7 @@ where
             let rows: Vec<EvaluationWithIdRow> =
                 DB::build_query_as(&mut qb).fetch_all(pool).await?;
             for row in rows {
-                found.push((row.event_id, row.evaluation.into_stored()?));
+                found.push((row.event_id, row.evaluation.into_stored()));
             }
         }
         Ok(found)

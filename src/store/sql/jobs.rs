@@ -4,8 +4,8 @@
 
 use super::{Backend, RowsAffected, Sql, Storable};
 use crate::store::{
-    AttemptRecord, EventId, Finished, FinishedAttempt, JobNext, Millis, NewJob, StoreError,
-    StoredAttempt, StoredJob, job_status,
+    AttemptRecord, EventId, Finished, FinishedAttempt, JobNext, JobStatus, Millis, NewJob,
+    StoreError, StoredAttempt, StoredJob,
 };
 use sqlx::{ColumnIndex, Encode, Executor, Pool, QueryBuilder, Type};
 use std::collections::HashMap;
@@ -13,7 +13,8 @@ use std::sync::LazyLock;
 
 /// The columns of a `jobs` row.
 const JOB_SELECT: &str = "SELECT id, idempotency_key, event_id, rule, action_index, \
-     kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at FROM jobs";
+     kind, spec, status, note, created_at, attempts, next_attempt_at, finished_at, replay_run \
+     FROM jobs";
 
 /// Jobs, newest first. Binds: status or NULL, before id or NULL, limit.
 static LIST_JOBS: LazyLock<String> = LazyLock::new(|| {
@@ -57,27 +58,30 @@ struct JobRow {
     attempts: i64,
     next_attempt_at: Millis,
     finished_at: Option<Millis>,
+    replay_run: Option<String>,
 }
 
 impl JobRow {
     fn into_stored(self) -> Result<StoredJob, StoreError> {
+        let corrupt = |message: String| StoreError::Corrupt {
+            what: "job",
+            message,
+        };
         Ok(StoredJob {
             id: self.id,
             idempotency_key: self.idempotency_key,
             event_id: self.event_id,
             rule: self.rule,
             action_index: self.action_index,
-            kind: self.kind,
-            spec: serde_json::from_str(&self.spec).map_err(|e| StoreError::Corrupt {
-                what: "job spec",
-                message: e.to_string(),
-            })?,
-            status: self.status,
+            kind: self.kind.parse().map_err(|e| corrupt(format!("{e}")))?,
+            spec: serde_json::from_str(&self.spec).map_err(|e| corrupt(format!("spec: {e}")))?,
+            status: self.status.parse().map_err(|e| corrupt(format!("{e}")))?,
             note: self.note,
             created_at: self.created_at,
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at,
             finished_at: self.finished_at,
+            replay_run: self.replay_run,
         })
     }
 }
@@ -122,9 +126,9 @@ where
     /// throttle, or `muted`) are recorded with that status instead of `pending`.
     pub(crate) fn insert_jobs<'a>(
         finished: &'a [&'a Finished],
-        held_back: &'a HashMap<(EventId, String), (&'static str, String)>,
+        held_back: &'a HashMap<(EventId, String), (JobStatus, String)>,
         now: Millis,
-        replay_run: Option<&str>,
+        replay_run: Option<&'a str>,
     ) -> Result<Option<QueryBuilder<'a, DB>>, StoreError> {
         let mut jobs = Vec::new();
         for f in finished {
@@ -146,18 +150,22 @@ where
         }
         let mut qb = QueryBuilder::new(
             "INSERT INTO jobs (idempotency_key, event_id, rule, action_index, kind, spec, status, \
-             note, created_at) ",
+             note, created_at, replay_run) ",
         );
         qb.push_values(jobs, |mut row, (key, event_id, job, spec, held)| {
             row.push_bind(key)
                 .push_bind(event_id)
                 .push_bind(&job.rule)
                 .push_bind(i64::from(job.action_index))
-                .push_bind(&job.kind)
+                .push_bind(job.kind.as_str())
                 .push_bind(spec)
-                .push_bind::<&'a str>(held.map_or(job_status::PENDING, |(status, _)| status))
+                .push_bind(
+                    held.map_or(JobStatus::Pending, |(status, _)| *status)
+                        .as_str(),
+                )
                 .push_bind(held.map(|(_, note)| note.as_str()))
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(replay_run);
         });
         qb.push(" ON CONFLICT (idempotency_key) DO NOTHING");
         Ok(Some(qb))
@@ -174,7 +182,7 @@ where
         let replayed = Finished {
             event_id,
             ruleset_version: String::new(),
-            record: serde_json::Value::Null,
+            record: Default::default(),
             jobs: jobs.to_vec(),
             throttles: Vec::new(),
         };
@@ -218,16 +226,16 @@ where
             let attempt = &done.attempt;
             let ended = attempt.started_at + attempt.duration_ms;
             let (status, next_at, finished_at) = match done.next {
-                JobNext::Done => (job_status::DONE, 0, Some(ended)),
-                JobNext::RetryAt(at) => (job_status::RETRYING, at, None),
-                JobNext::Dead => (job_status::DEAD, 0, Some(ended)),
+                JobNext::Done => (JobStatus::Done, 0, Some(ended)),
+                JobNext::RetryAt(at) => (JobStatus::Retrying, at, None),
+                JobNext::Dead => (JobStatus::Dead, 0, Some(ended)),
             };
             let updated: Option<(i64,)> = sqlx::query_as(
                 "UPDATE jobs SET attempts = attempts + 1, status = $1, next_attempt_at = $2, \
                  finished_at = $3, lease_owner = NULL, lease_until = 0 \
                  WHERE id = $4 AND lease_owner = $5 RETURNING attempts",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(next_at)
             .bind(finished_at)
             .bind(done.job_id)
@@ -281,12 +289,12 @@ where
 
     pub(crate) async fn list_jobs(
         pool: &Pool<DB>,
-        status: Option<&str>,
+        status: Option<JobStatus>,
         before_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredJob>, StoreError> {
         let rows: Vec<JobRow> = sqlx::query_as(LIST_JOBS.as_str())
-            .bind(status)
+            .bind(status.map(JobStatus::as_str))
             .bind(before_id)
             .bind(i64::from(limit))
             .fetch_all(pool)

@@ -2,7 +2,7 @@
 //! is finished or a replay queued.
 
 use super::{Backend, RowsAffected, Sql, Storable};
-use crate::store::{EventId, Finished, Millis, Mute, StoreError};
+use crate::store::{EventId, Finished, JobStatus, Millis, Mute, StoreError};
 use sqlx::{ColumnIndex, Encode, Executor, Pool, QueryBuilder, Transaction, Type};
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -104,7 +104,7 @@ where
         tx: &mut Transaction<'_, DB>,
         mutes: &[ActiveMute],
         chunk: &[&Finished],
-    ) -> Result<HashMap<(EventId, String), (&'static str, String)>, StoreError> {
+    ) -> Result<HashMap<(EventId, String), (JobStatus, String)>, StoreError> {
         let mut held_back = HashMap::new();
         if mutes.is_empty() {
             return Ok(held_back);
@@ -124,7 +124,7 @@ where
             let phone = phones.get(&f.event_id).cloned().flatten();
             for job in &f.jobs {
                 if let Some(note) = mute_note(mutes, &job.rule, phone.as_deref()) {
-                    held_back.insert((f.event_id, job.rule.clone()), ("muted", note));
+                    held_back.insert((f.event_id, job.rule.clone()), (JobStatus::Muted, note));
                 }
             }
         }

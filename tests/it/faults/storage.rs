@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use switchboard::config::{Secret, WebhookTarget};
 use switchboard::delivery::retry::Schedule;
-use switchboard::store::{EventQuery, Store};
+use switchboard::store::{EventQuery, JobStatus, Store};
 
 /// A distinct notification `n` of about `pad` bytes more than the sample.
 fn notification(n: u64, pad: usize) -> Vec<u8> {
@@ -572,7 +572,8 @@ async fn assert_everything_once(
                 return None;
             }
             let jobs = all_jobs(store).await;
-            (jobs.len() == events.len() && jobs.iter().all(|j| j.status == "done")).then_some(jobs)
+            (jobs.len() == events.len() && jobs.iter().all(|j| j.status == JobStatus::Done))
+                .then_some(jobs)
         },
     )
     .await;
