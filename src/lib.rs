@@ -147,7 +147,7 @@ pub async fn run(
     );
     let rules = Arc::new(rules::Rules::load_with(
         &config.rules_dir,
-        config.rule_settings.clone(),
+        config.rule_env(),
         config.rule_limits,
     ));
     log_rules(&rules);

@@ -5,7 +5,7 @@
 
 use crate::evaluation::{HistoricCounters, finished, on_evaluation_thread};
 use crate::rules::whatif::{Comparison, EventRef, Report};
-use crate::rules::{CompileError, EvalContext, Evaluation, RuleSet, RuleSettings, Rules};
+use crate::rules::{CompileError, EvalContext, Evaluation, RuleEnv, RuleSet, RuleSettings, Rules};
 use crate::store::{EvaluationRecord, EventQuery, Store, StoreError, StoredEvent, Unreadable};
 use crate::time::{Millis, now_millis};
 use serde::Serialize;
@@ -255,7 +255,11 @@ pub async fn what_if(store: Arc<dyn Store>, request: &WhatIf) -> Result<WhatIfRe
     if !Path::new(&request.rules_dir).is_dir() {
         return Err(ReplayError::NoRulesDir(request.rules_dir.clone()));
     }
-    let candidate = Rules::load_with(&request.rules_dir, request.settings.clone(), request.limits);
+    let candidate = Rules::load_with(
+        &request.rules_dir,
+        RuleEnv::with_settings(request.settings.clone()),
+        request.limits,
+    );
     let candidate_errors: Vec<CompileError> = candidate
         .statuses()
         .into_iter()

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
-use switchboard::rules::{RuleLimits, RuleSettings, Rules, tools};
+use switchboard::rules::{RuleEnv, RuleLimits, RuleSettings, Rules, tools};
 
 /// Compiles every rule and prints each error as `file:line:col: message`.
 pub fn check(rules: &Path, settings: RuleSettings) -> ! {
@@ -19,7 +19,7 @@ pub fn try_payloads(
     limits: RuleLimits,
     payloads: Vec<PathBuf>,
 ) -> anyhow::Result<()> {
-    let rules = Rules::load_with(rules, settings, limits);
+    let rules = Rules::load_with(rules, RuleEnv::with_settings(settings), limits);
     for status in rules.statuses() {
         if let Some(error) = status.error {
             eprintln!("warning: {error}");

@@ -105,6 +105,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// What rules see of this configuration: its rule settings and webhook target names.
+    pub fn rule_env(&self) -> crate::rules::RuleEnv {
+        crate::rules::RuleEnv {
+            settings: self.rule_settings.clone(),
+            webhook_targets: self.webhook_targets.keys().cloned().collect(),
+            config_known: true,
+        }
+    }
+
     /// The configuration with every default.
     pub fn with_defaults() -> Self {
         Config {

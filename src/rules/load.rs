@@ -6,7 +6,8 @@
 //! loop, or anything that is not a regular file is reported as that entry's error.
 
 use super::budget::RuleLimits;
-use super::compile::{CompileError, CompiledRule, RuleSettings, RuleStats, build_engine, compile};
+use super::compile::{CompileError, CompiledRule, RuleStats, build_engine, compile};
+use super::env::RuleEnv;
 use super::eval::RuleSet;
 use arc_swap::ArcSwap;
 use rhai::Engine;
@@ -78,13 +79,20 @@ impl ReloadOutcome {
     }
 }
 
+/// What the rules were compiled with, and each file's state: one lock, so a rescan and a
+/// reconfiguration never interleave.
+struct Loaded {
+    env: RuleEnv,
+    engine: Arc<Engine>,
+    files: BTreeMap<String, FileState>,
+}
+
 /// The live rules of a directory.
 pub struct Rules {
     dir: PathBuf,
-    engine: Arc<Engine>,
     limits: RuleLimits,
     current: ArcSwap<RuleSet>,
-    files: Mutex<BTreeMap<String, FileState>>,
+    loaded: Mutex<Loaded>,
     /// Rescans that changed the rule set, and files that failed to compile, since start.
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
@@ -93,19 +101,22 @@ pub struct Rules {
 impl Rules {
     /// Loads `dir` (which may not exist yet: the set is then empty until it does), with the
     /// default limits.
-    pub fn load(dir: impl Into<PathBuf>, vars: RuleSettings) -> Rules {
-        Rules::load_with(dir, vars, RuleLimits::default())
+    pub fn load(dir: impl Into<PathBuf>, env: RuleEnv) -> Rules {
+        Rules::load_with(dir, env, RuleLimits::default())
     }
 
-    /// Loads `dir`; every rule runs under `limits`.
-    pub fn load_with(dir: impl Into<PathBuf>, vars: RuleSettings, limits: RuleLimits) -> Rules {
-        let engine = Arc::new(build_engine(Arc::new(vars)));
+    /// Loads `dir` against the configuration `env`; every rule runs under `limits`.
+    pub fn load_with(dir: impl Into<PathBuf>, env: RuleEnv, limits: RuleLimits) -> Rules {
+        let engine = Arc::new(build_engine(Arc::new(env.settings.clone())));
         let rules = Rules {
             dir: dir.into(),
             current: ArcSwap::from_pointee(RuleSet::empty(engine.clone(), limits)),
             limits,
-            engine,
-            files: Mutex::new(BTreeMap::new()),
+            loaded: Mutex::new(Loaded {
+                env,
+                engine,
+                files: BTreeMap::new(),
+            }),
             reloads: AtomicU64::new(0),
             reload_errors: AtomicU64::new(0),
         };
@@ -122,10 +133,42 @@ impl Rules {
         self.current.load_full()
     }
 
+    /// The configuration the rules are compiled against.
+    pub fn env(&self) -> RuleEnv {
+        self.lock().env.clone()
+    }
+
+    /// Compiles every rule again against a new configuration (a configuration reload): a rule
+    /// that no longer compiles keeps its last good version running, as on a file change.
+    pub fn reconfigure(&self, env: RuleEnv) -> ReloadOutcome {
+        let mut loaded = self.lock();
+        if loaded.env == env {
+            return ReloadOutcome::default();
+        }
+        loaded.engine = Arc::new(build_engine(Arc::new(env.settings.clone())));
+        loaded.env = env;
+        for state in loaded.files.values_mut() {
+            state.text_hash.clear(); // compile each file again
+        }
+        self.rescan_locked(&mut loaded, true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Reads the directory again and applies what changed.
     pub(crate) fn rescan(&self) -> ReloadOutcome {
+        let mut loaded = self.lock();
+        self.rescan_locked(&mut loaded, false)
+    }
+
+    /// Reads the directory and applies what changed; `new_engine` swaps the set in even when no
+    /// file changed (its engine did).
+    fn rescan_locked(&self, loaded: &mut Loaded, new_engine: bool) -> ReloadOutcome {
         let texts = read_rule_files(&self.dir);
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let engine = loaded.engine.clone();
+        let files = &mut loaded.files;
         let mut outcome = ReloadOutcome::default();
         let now = crate::time::now_millis();
         files.retain(|file, _| {
@@ -162,7 +205,7 @@ impl Rules {
             if files.get(file).is_some_and(|s| s.text_hash == hash) {
                 continue;
             }
-            let compiled = compile(&self.engine, file, text);
+            let compiled = compile(&engine, file, text);
             let state = files.entry(file.clone()).or_insert_with(|| {
                 outcome.added.push(file.clone());
                 FileState {
@@ -191,8 +234,8 @@ impl Rules {
         }
         self.reload_errors
             .fetch_add(outcome.errors.len() as u64, Ordering::Relaxed);
-        let version = set_version(&files);
-        if version != self.current.load().version {
+        let version = set_version(files);
+        if new_engine || version != self.current.load().version {
             let mut rules: Vec<Arc<CompiledRule>> = files
                 .values()
                 .filter_map(|s| s.good.as_ref().map(|(r, _)| r.clone()))
@@ -205,7 +248,7 @@ impl Rules {
             self.current.store(Arc::new(RuleSet {
                 version: version.clone(),
                 rules,
-                engine: self.engine.clone(),
+                engine,
                 limits: self.limits,
             }));
             self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -216,8 +259,8 @@ impl Rules {
 
     /// Every rule file's status, by file.
     pub fn statuses(&self) -> Vec<RuleStatus> {
-        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        files
+        self.lock()
+            .files
             .iter()
             .map(|(file, state)| {
                 let good = state.good.as_ref();

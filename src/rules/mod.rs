@@ -24,6 +24,7 @@
 //! the actions and helpers.
 //!
 //! - [`compile`] (PURE): the sandboxed engine and compiling one file.
+//! - [`env`] (PURE): what the configuration offers rules (settings, webhook targets).
 //! - [`eval`] (PURE): evaluating an event against a rule set.
 //! - [`actions`] (PURE): the Rhai constructors of the actions rules return ([`crate::action`]).
 //! - [`budget`] (PURE): the time budget per rule call and the cap on actions per rule.
@@ -37,6 +38,7 @@
 mod actions;
 mod budget;
 mod compile;
+mod env;
 mod eval;
 mod load;
 mod prefilter;
@@ -47,6 +49,7 @@ pub(crate) mod whatif;
 
 pub use budget::RuleLimits;
 pub use compile::{CompileError, RuleSettings, Throttle};
+pub use env::RuleEnv;
 pub use eval::{EvalContext, Evaluation, RuleSet, RuleVerdict};
 pub use load::{ReloadOutcome, RuleState, RuleStatus, Rules};
 pub use stdlib::{CounterHit, CounterSource, FixedCounters};

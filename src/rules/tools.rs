@@ -3,6 +3,7 @@
 //! the rules). No side effects: counters are read from fixed values and nothing is stored.
 
 use super::compile::{CompileError, RuleSettings};
+use super::env::RuleEnv;
 use super::eval::{EvalContext, Evaluation};
 use super::load::{Rules, read_rule_files};
 use super::stdlib::FixedCounters;
@@ -37,7 +38,7 @@ impl fmt::Display for CheckReport {
 /// Compiles every rule file under `dir`.
 pub fn check(dir: &Path, vars: RuleSettings) -> CheckReport {
     let files = read_rule_files(dir).len();
-    let rules = Rules::load(dir, vars);
+    let rules = Rules::load(dir, RuleEnv::with_settings(vars));
     let errors = rules
         .statuses()
         .into_iter()
@@ -191,7 +192,7 @@ pub fn run_tests(dir: &Path, vars: &RuleSettings, limits: super::RuleLimits) -> 
         };
         let mut case_vars = vars.clone();
         case_vars.extend(file.settings);
-        let rules = Rules::load_with(dir, case_vars, limits);
+        let rules = Rules::load_with(dir, RuleEnv::with_settings(case_vars), limits);
         for error in rules.statuses().into_iter().filter_map(|s| s.error) {
             report
                 .file_errors

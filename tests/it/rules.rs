@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard::event::{decode, parse_body};
-use switchboard::rules::{EvalContext, Evaluation, FixedCounters, RuleState, Rules, tools};
+use switchboard::rules::{
+    EvalContext, Evaluation, FixedCounters, RuleEnv, RuleState, Rules, tools,
+};
 
 fn write(dir: &Path, file: &str, text: &str) {
     let path = dir.join(file);
@@ -935,4 +937,38 @@ async fn operators_claim_and_complete_callback_tasks() {
         (reqwest::StatusCode::BAD_REQUEST, Some("due_before"))
     );
     server.stop().await;
+}
+
+#[test]
+fn a_new_configuration_recompiles_the_rules_against_its_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("to.rhai"),
+        r#"fn when(ev) { true } fn then(ev) { [email(#{ to: setting("ops"), subject: "s" })] }"#,
+    )
+    .unwrap();
+    let env = |to: &str| RuleEnv {
+        settings: [("ops".to_string(), to.to_string())].into(),
+        ..RuleEnv::default()
+    };
+    let rules = Rules::load(dir.path(), env("first@example.com"));
+    let body = sample("abandoned-long-wait.json");
+    let to = |rules: &Rules| {
+        let evaluation = tools::try_payload(rules, &body).unwrap();
+        serde_json::to_value(&evaluation.verdicts[0]).unwrap()["actions"][0]["to"].clone()
+    };
+    assert_eq!(to(&rules), json!(["first@example.com"]));
+    let before = rules.current().version.clone();
+
+    let outcome = rules.reconfigure(env("second@example.com"));
+    assert!(outcome.new_version.is_some(), "{outcome:?}");
+    assert_eq!(to(&rules), json!(["second@example.com"]));
+    assert_eq!(rules.env(), env("second@example.com"));
+    // The same files: the same rule-set version, only the configuration changed.
+    assert_eq!(rules.current().version, before);
+    // Nothing changed: nothing to do.
+    assert_eq!(
+        rules.reconfigure(env("second@example.com")),
+        Default::default()
+    );
 }
